@@ -1,0 +1,34 @@
+"""Models: the bundled small CNN, explicit normalization and building by name."""
+
+from lightning_fv.models.normalize import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalize,
+    preprocessing_from,
+)
+from lightning_fv.models.registry import (
+    build_model,
+    bundled_metadata,
+    bundled_model,
+    load_small_cnn,
+    load_state_dict_file,
+    save_small_cnn,
+    strip_prefix,
+)
+from lightning_fv.models.small_cnn import ConvBlock, SmallCNN
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ConvBlock",
+    "Normalize",
+    "SmallCNN",
+    "build_model",
+    "bundled_metadata",
+    "bundled_model",
+    "load_small_cnn",
+    "load_state_dict_file",
+    "preprocessing_from",
+    "save_small_cnn",
+    "strip_prefix",
+]
