@@ -1,1 +1,54 @@
-"""lightning_fv.optvis"""
+"""Feature-visualization engine, in Lucent's vocabulary: ``param``, ``transform``,
+``objectives``, ``render``; plus layer hooks and norm-constrained maximization."""
+
+from lightning_fv.optvis import objectives, param, transform
+from lightning_fv.optvis.constrained import maximize_in_ball, model_objective_fn, render_in_ball
+from lightning_fv.optvis.hooks import (
+    Unit,
+    capture,
+    get_layer,
+    layer_names,
+    list_layers,
+    parse_unit,
+    preserved_state,
+)
+from lightning_fv.optvis.objectives import Objective
+from lightning_fv.optvis.param import ImageParam, color_matrix_from_images
+from lightning_fv.optvis.projected import normalized_step, project, projected_step, random_start
+from lightning_fv.optvis.render import (
+    RenderResult,
+    Trajectory,
+    log_spaced_steps,
+    render,
+    render_units,
+)
+from lightning_fv.optvis.transform import standard_transforms
+
+__all__ = [
+    "ImageParam",
+    "Objective",
+    "RenderResult",
+    "Trajectory",
+    "Unit",
+    "capture",
+    "color_matrix_from_images",
+    "get_layer",
+    "layer_names",
+    "list_layers",
+    "log_spaced_steps",
+    "maximize_in_ball",
+    "model_objective_fn",
+    "normalized_step",
+    "objectives",
+    "param",
+    "parse_unit",
+    "preserved_state",
+    "project",
+    "projected_step",
+    "random_start",
+    "render",
+    "render_in_ball",
+    "render_units",
+    "standard_transforms",
+    "transform",
+]

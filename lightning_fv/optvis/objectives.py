@@ -1,0 +1,367 @@
+"""Objectives (Lucent's ``objectives``): per-sample values to *maximize*, composable.
+
+An :class:`Objective` maps the recorded activations to a ``(B,)`` tensor, one value per
+image of the batch. Objectives add, subtract and scale (``a + b``, ``a - 0.1 * b``).
+
+Unit indices may be a single int (the same unit for every sample) or a sequence of ``B``
+ints, so one batch can visualize ``B`` different units at once (sample ``i`` maximizes its
+own unit); that is what :func:`lightning_fv.optvis.render.render_units` uses.
+
+Special keys: ``OUTPUT`` is the model's output (logits), ``INPUT`` the parameterized
+image before transforms (for regularizers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_fv.optvis.hooks import Unit, check_unit_index, parse_unit
+
+OUTPUT = "__output__"
+INPUT = "__input__"
+
+Index = int | Sequence[int] | Tensor
+
+
+class Objective:
+    """A differentiable per-sample objective ``acts → (B,)`` with the layers it reads.
+
+    Args:
+        fn: callable taking the activation mapping (layer name → tensor, plus
+            :data:`OUTPUT` / :data:`INPUT`) and returning ``(B,)`` values.
+        layers: the layer names ``fn`` reads (hooks are registered for these only).
+        name: a readable description.
+    """
+
+    def __init__(self, fn: Callable[[dict[str, Tensor]], Tensor], layers: Iterable[str] = (),
+                 name: str = "objective") -> None:
+        self.fn = fn
+        self.layers = tuple(dict.fromkeys(layers))
+        self.name = name
+
+    def __call__(self, acts: dict[str, Tensor]) -> Tensor:
+        out = self.fn(acts)
+        if out.dim() != 1:
+            raise ValueError(f"objective {self.name} must return (B,) values, got {tuple(out.shape)}")
+        return out
+
+    @property
+    def model_layers(self) -> tuple[str, ...]:
+        """Layers that need a forward hook (the special keys excluded)."""
+        return tuple(n for n in self.layers if n not in (OUTPUT, INPUT))
+
+    def __add__(self, other: Objective | float) -> Objective:
+        if isinstance(other, (int, float)):
+            return Objective(lambda a: self(a) + other, self.layers, f"{self.name} + {other}")
+        return Objective(lambda a: self(a) + other(a), self.layers + other.layers,
+                         f"{self.name} + {other.name}")
+
+    __radd__ = __add__
+
+    def __neg__(self) -> Objective:
+        return Objective(lambda a: -self(a), self.layers, f"-({self.name})")
+
+    def __sub__(self, other: Objective | float) -> Objective:
+        return self + (-other)
+
+    def __rsub__(self, other: float) -> Objective:
+        return (-self) + other
+
+    def __mul__(self, c: float) -> Objective:
+        if not isinstance(c, (int, float)):
+            raise TypeError(f"objectives scale by numbers only, got {type(c).__name__}")
+        return Objective(lambda a: c * self(a), self.layers, f"{c} * {self.name}")
+
+    __rmul__ = __mul__
+
+    def __repr__(self) -> str:
+        return f"Objective({self.name})"
+
+
+def _index(idx: Index, b: int, device: torch.device) -> Tensor:
+    t = torch.as_tensor(idx, device=device, dtype=torch.long)
+    if t.dim() == 0:
+        return t.expand(b)
+    if t.shape != (b,):
+        raise ValueError(f"got {t.numel()} unit indices for a batch of {b} images")
+    return t
+
+
+def _check(layer: str, idx: Tensor, act: Tensor) -> None:
+    lo, hi = int(idx.min()), int(idx.max())
+    check_unit_index(Unit(layer, lo), act)
+    check_unit_index(Unit(layer, hi), act)
+
+
+def _pick_channel(act: Tensor, idx: Tensor) -> Tensor:
+    """``act[i, idx[i]]`` for every sample: ``(B, ...)``."""
+    return act[torch.arange(act.shape[0], device=act.device), idx]
+
+
+def channel(layer: str, n: Index) -> Objective:
+    """Mean activation of channel ``n`` over all spatial positions (Lucent ``channel``)."""
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        act = a[layer]
+        idx = _index(n, act.shape[0], act.device)
+        _check(layer, idx, act)
+        picked = _pick_channel(act, idx)
+        return picked.flatten(1).mean(1) if picked.dim() > 1 else picked
+
+    return Objective(fn, [layer], f"channel({layer}:{n})")
+
+
+def neuron(layer: str, n: Index, x: int | None = None, y: int | None = None) -> Objective:
+    """Activation of channel ``n`` at one spatial position (default: the centre)."""
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        act = a[layer]
+        idx = _index(n, act.shape[0], act.device)
+        _check(layer, idx, act)
+        if act.dim() == 2:
+            return _pick_channel(act, idx)
+        h, w = act.shape[-2:]
+        yy = h // 2 if y is None else y
+        xx = w // 2 if x is None else x
+        check_unit_index(Unit(layer, int(idx[0]), (yy, xx)), act)
+        return _pick_channel(act[..., yy, xx], idx)
+
+    return Objective(fn, [layer], f"neuron({layer}:{n}@{x},{y})")
+
+
+def unit(spec: str | Unit) -> Objective:
+    """An objective from a Lucent-style name: ``"fc:3"`` (channel; for a 2-D output the
+    neuron) or ``"block3:5@4,4"`` (neuron at row 4, column 4)."""
+    u = parse_unit(spec)
+    if u.position is None:
+        return channel(u.layer, u.index)
+    return neuron(u.layer, u.index, x=u.position[1], y=u.position[0])
+
+
+def layer_l2(layer: str) -> Objective:
+    """Mean squared activation of a whole layer ("deep dream")."""
+    return Objective(lambda a: a[layer].pow(2).flatten(1).mean(1), [layer], f"layer_l2({layer})")
+
+
+deepdream = layer_l2
+
+
+def direction(layer: str, vec: Tensor) -> Objective:
+    """Cosine similarity between ``vec`` ``(C,)`` or ``(B, C)`` and the activation vector at
+    each position, averaged over positions (Lucent ``direction``)."""
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        act = a[layer]
+        v = vec.to(act.device, act.dtype)
+        v = v.expand(act.shape[0], -1) if v.dim() == 1 else v
+        if v.shape[1] != act.shape[1]:
+            raise ValueError(f"direction has {v.shape[1]} entries, layer {layer!r} has "
+                             f"{act.shape[1]} channels")
+        v = v.reshape(*v.shape, *([1] * (act.dim() - 2)))
+        return F.cosine_similarity(act, v, dim=1).flatten(1).mean(1) if act.dim() > 2 else \
+            F.cosine_similarity(act, v, dim=1)
+
+    return Objective(fn, [layer], f"direction({layer})")
+
+
+def aggregate(act: Tensor, aggregation: str = "maxpool_mean") -> Tensor:
+    """Feature response ``y`` ``(B, C)`` from activations ``(B, C, H, W)`` or ``(B, C)``.
+
+    `inverse-feature-visualization` §2.3: ``"maxpool_mean"`` (3×3 max pooling, stride 1,
+    then the spatial mean; the paper's default), ``"mean"``, ``"center"`` (the centre
+    position), ``"identity"`` (for ``(B, C)`` activations).
+    """
+    if act.dim() == 2:
+        if aggregation not in ("identity", "maxpool_mean", "mean", "center"):
+            raise ValueError(f"unknown aggregation {aggregation!r}")
+        return act
+    if aggregation == "maxpool_mean":
+        return F.max_pool2d(act, 3, stride=1).mean((-2, -1))
+    if aggregation == "mean":
+        return act.mean((-2, -1))
+    if aggregation == "center":
+        h, w = act.shape[-2:]
+        return act[..., h // 2, w // 2]
+    raise ValueError(
+        f"unknown aggregation {aggregation!r}; valid: maxpool_mean, mean, center, identity"
+    )
+
+
+def cosine_power_value(x: Tensor, y: Tensor, k: float = 2.0, eps: float = 1e-12) -> Tensor:
+    """``S_x(y) = xᵀy · (xᵀy / ‖y‖)^k`` per sample (`inverse-feature-visualization` §2).
+
+    Args:
+        x: target objective ``(n_f,)`` or ``(B, n_f)`` (unit norm in the paper).
+        y: feature response ``(B, n_f)``.
+        k: cosine power (paper default 2; 0 gives the plain projection ``xᵀy``).
+    """
+    x = x.to(y.dtype)
+    xy = (y * x).sum(-1) if x.dim() == 2 else y @ x
+    if k == 0:
+        return xy
+    cos = xy / y.norm(dim=-1).clamp_min(eps)
+    return xy * cos.pow(k)
+
+
+def cosine_power(layer: str, x: Tensor, k: float = 2.0,
+                 aggregation: str = "maxpool_mean") -> Objective:
+    """The direction objective ``S_x(Agg(N(I)))`` of `inverse-feature-visualization` §2,
+    with the aggregation of §2.3. ``x`` is ``(n_f,)`` or ``(B, n_f)`` (one target per
+    sample)."""
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        y = aggregate(a[layer], aggregation)
+        xt = x.to(y.device)
+        if xt.shape[-1] != y.shape[-1]:
+            raise ValueError(f"target has {xt.shape[-1]} entries, layer {layer!r} has "
+                             f"{y.shape[-1]} features")
+        return cosine_power_value(xt, y, k)
+
+    return Objective(fn, [layer], f"cosine_power({layer}, k={k})")
+
+
+def class_logit(n: Index) -> Objective:
+    """The model output (logit) of class ``n``."""
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        out = a[OUTPUT]
+        idx = _index(n, out.shape[0], out.device)
+        _check("output", idx, out)
+        return _pick_channel(out, idx)
+
+    return Objective(fn, [OUTPUT], f"class_logit({n})")
+
+
+def class_log_prob(n: Index) -> Objective:
+    """``log softmax(logits)[n]``: the log-probability of class ``n``
+    (`activation-maximization-notes`, probabilistic interpretation)."""
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        out = a[OUTPUT].float().log_softmax(-1)
+        idx = _index(n, out.shape[0], out.device)
+        _check("output", idx, out)
+        return _pick_channel(out, idx)
+
+    return Objective(fn, [OUTPUT], f"class_log_prob({n})")
+
+
+def diversity(layer: str) -> Objective:
+    """Lucent's diversity term: minus the mean cosine similarity between the (flattened,
+    normalized) Gram matrix of a sample's activations and those of the other samples.
+
+    This term couples the samples of a batch (use it only when the batch holds several
+    images of the same unit)."""
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        act = a[layer]
+        b, c = act.shape[:2]
+        flat = act.reshape(b, c, -1).float()
+        gram = F.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1)
+        sim = gram @ gram.T
+        off = sim.sum(1) - sim.diagonal()
+        return -off / max(1, b - 1)
+
+    return Objective(fn, [layer], f"diversity({layer})")
+
+
+def l1(constant: float = 0.0) -> Objective:
+    """Minus ``mean |x − constant|`` of the image (a penalty to add to an objective)."""
+    return Objective(lambda a: -(a[INPUT] - constant).abs().flatten(1).mean(1), [INPUT],
+                     f"l1({constant})")
+
+
+def l2(constant: float = 0.0) -> Objective:
+    """Minus ``Σ (x − constant)²`` over the image (``λ‖x‖²`` with ``-λ * l2()``... see
+    :func:`l2_penalty` for a scaled version)."""
+    return Objective(lambda a: -(a[INPUT] - constant).pow(2).flatten(1).sum(1), [INPUT],
+                     f"l2({constant})")
+
+
+def total_variation() -> Objective:
+    """Minus the anisotropic total variation ``Σ|Δ_h x| + Σ|Δ_w x|`` per image, divided by
+    the number of pixels."""
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        x = a[INPUT]
+        dh = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).sum(1)
+        dw = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).sum(1)
+        return -(dh + dw) / x[0].numel()
+
+    return Objective(fn, [INPUT], "total_variation")
+
+
+def blur(sigma: float = 0.5) -> Objective:
+    """Minus ``mean (x − G_σ * x)²``: penalizes high frequencies (a smooth version of
+    Lucent's ``blur_input_each_step``)."""
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        x = a[INPUT]
+        r = max(1, int(3 * sigma + 0.5))
+        t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+        k1 = torch.exp(-(t**2) / (2 * sigma**2))
+        k1 = k1 / k1.sum()
+        c = x.shape[1]
+        kw = k1.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+        kh = k1.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+        xb = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), kw, groups=c)
+        xb = F.conv2d(F.pad(xb, (0, 0, r, r), mode="replicate"), kh, groups=c)
+        return -(x - xb).pow(2).flatten(1).mean(1)
+
+    return Objective(fn, [INPUT], f"blur({sigma})")
+
+
+def as_objective(obj: Objective | str | Unit | Callable[[dict[str, Tensor]], Tensor]) -> Objective:
+    """Coerce a unit name (``"fc:3"``), :class:`Unit` or objective into an :class:`Objective`."""
+    if isinstance(obj, Objective):
+        return obj
+    if isinstance(obj, (str, Unit)):
+        return unit(obj)
+    if callable(obj):
+        return Objective(obj, [], getattr(obj, "__name__", "callable"))
+    raise TypeError(f"cannot make an objective from {type(obj).__name__}")
+
+
+def units_objective(units: Sequence[str | Unit]) -> Objective:
+    """Sample ``i`` maximizes ``units[i]``; units may live in different layers.
+
+    Channel units use the spatial mean; units with a position use that neuron; units of a
+    2-D layer (e.g. ``"fc:3"``) use the neuron itself.
+    """
+    parsed = [parse_unit(u) for u in units]
+    layers = list(dict.fromkeys(u.layer for u in parsed))
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        b = len(parsed)
+        any_act = a[parsed[0].layer]
+        out = torch.empty(b, device=any_act.device, dtype=torch.float32)
+        for layer in layers:
+            rows = [i for i, u in enumerate(parsed) if u.layer == layer]
+            act = a[layer]
+            if act.shape[0] != b:
+                raise ValueError(f"batch of {act.shape[0]} images for {b} units")
+            rows_t = torch.tensor(rows, device=act.device)
+            idx = torch.tensor([parsed[i].index for i in rows], device=act.device)
+            _check(layer, idx, act)
+            picked = act[rows_t, idx]
+            if picked.dim() == 1:
+                vals = picked
+            else:
+                vals = picked.flatten(1).mean(1)
+                pos = [(j, parsed[i].position) for j, i in enumerate(rows)
+                       if parsed[i].position is not None]
+                if pos:
+                    for j, (r, c) in pos:
+                        check_unit_index(Unit(layer, int(idx[j]), (r, c)), act)
+                    js = torch.tensor([j for j, _ in pos], device=act.device)
+                    rr = torch.tensor([p[0] for _, p in pos], device=act.device)
+                    cc = torch.tensor([p[1] for _, p in pos], device=act.device)
+                    vals = vals.clone()
+                    vals[js] = picked[js, rr, cc]
+            out = out.index_put((rows_t,), vals.float())
+        return out
+
+    return Objective(fn, layers, f"units({len(parsed)})")

@@ -1,0 +1,386 @@
+"""Rendering (Lucent's ``render``): activation maximization, batched over units.
+
+:func:`render` optimizes a batch of parameterized images for an :class:`Objective` and
+returns the images at the requested ``thresholds`` (numbers of optimizer steps), and
+optionally the trajectory (image, gradient w.r.t. the image, objective value) at chosen
+steps. :func:`render_units` renders a list of units, sample ``i`` maximizing unit ``i``,
+in chunks.
+
+Defaults follow `dont-trust-your-eyes…` App. C.2 (Lucent 0.1.8: Fourier + decorrelated
++ sigmoid image, ``standard_transforms``, Adam with lr 0.05, ``thresholds=(512,)``).
+Every sample has its own ``torch.Generator`` (seed ``seeds[i]``) for its initial noise and
+for its random transforms, so a unit's image does not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from lightning_fv.models.normalize import Normalize
+from lightning_fv.optvis.hooks import Unit, capture, parse_unit, preserved_state
+from lightning_fv.optvis.objectives import INPUT, OUTPUT, Objective, as_objective, units_objective
+from lightning_fv.optvis.param import ImageParam
+from lightning_fv.optvis.transform import TransformChain, TransformLike, standard_transforms
+from lightning_fv.utils.rng import make_generator
+
+OptimizerFactory = Callable[[list[Tensor]], torch.optim.Optimizer]
+
+
+def default_optimizer(params: list[Tensor]) -> torch.optim.Optimizer:
+    """Adam with learning rate 0.05 (Lucent's default)."""
+    return torch.optim.Adam(params, lr=0.05)
+
+
+def log_spaced_steps(total: int, n: int = 15) -> list[int]:
+    """``n`` distinct steps in ``[0, total)`` spaced logarithmically (always including 0
+    and ``total − 1``), as `dont-trust-your-eyes…` App. C.1 samples 15 steps per
+    trajectory. Fewer are returned when ``total < n``."""
+    if total < 1 or n < 1:
+        raise ValueError(f"need total >= 1 and n >= 1, got total={total}, n={n}")
+    if n >= total:
+        return list(range(total))
+    steps = {0, total - 1}
+    k = n
+    while len(steps) < n:
+        raw = torch.logspace(0, math.log10(total), k).round().long() - 1
+        steps = set(raw.clamp(0, total - 1).tolist()) | {0, total - 1}
+        k += 1
+    return sorted(steps)[:n] if len(steps) == n else sorted(steps)
+
+
+@dataclass
+class Trajectory:
+    """Recorded optimization path of a batch, on the CPU.
+
+    ``steps[t]`` is the number of optimizer updates already applied to ``images[t]``;
+    ``grads[t]`` is the gradient of the (transformed) objective w.r.t. that image and
+    ``values[t]`` the objective value, both from the same forward pass.
+    """
+
+    steps: Tensor  # (T,) int64
+    images: Tensor  # (T, B, C, H, W)
+    values: Tensor  # (T, B)
+    grads: Tensor | None = None  # (T, B, C, H, W)
+
+
+@dataclass
+class RenderResult:
+    """Images at each threshold ``(B, C, H, W)`` (CPU, float32) and the untransformed
+    objective value of those images ``(B,)``; ``units`` names the samples."""
+
+    images: dict[int, Tensor]
+    values: dict[int, Tensor]
+    trajectory: Trajectory | None = None
+    units: list[str] = field(default_factory=list)
+
+    @property
+    def final(self) -> Tensor:
+        """Images at the largest threshold."""
+        return self.images[max(self.images)]
+
+
+@contextmanager
+def _channels_last(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Convert 4-D parameters/buffers to channels_last; put the original tensors back."""
+    if not enabled:
+        yield
+        return
+    saved = [(t, t.data) for t in list(model.parameters()) + list(model.buffers())]
+    try:
+        model.to(memory_format=torch.channels_last)
+        yield
+    finally:
+        for t, data in saved:
+            t.data = data
+
+
+def _as_normalize(normalize: object, device: torch.device) -> nn.Module | None:
+    if normalize is None:
+        return None
+    if isinstance(normalize, nn.Module):
+        return normalize.to(device)
+    mean, std = normalize  # type: ignore[misc]
+    return Normalize(mean, std).to(device)
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        return torch.device("cpu"), torch.float32
+    return p.device, (p.dtype if p.is_floating_point() else torch.float32)
+
+
+def render(
+    model: nn.Module,
+    objective: Objective | str | Unit,
+    param: ImageParam | dict | None = None,
+    transforms: Sequence[TransformLike] | str | None = "standard",
+    optimizer: OptimizerFactory | None = None,
+    thresholds: Sequence[int] = (512,),
+    *,
+    batch: int = 1,
+    image_size: int | tuple[int, int] = 224,
+    init_images: Tensor | None = None,
+    normalize: nn.Module | tuple[Sequence[float], Sequence[float]] | None = None,
+    seeds: int | Sequence[int] = 0,
+    record: Sequence[int] | str | None = None,
+    record_grads: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    progress: bool = False,
+    unit_names: Sequence[str] | None = None,
+) -> RenderResult:
+    """Maximize ``objective`` over a batch of parameterized images.
+
+    Args:
+        model: any ``nn.Module`` taking ``(B, 3, H, W)`` input. Its training mode,
+            ``requires_grad`` flags and gradients are restored afterwards, hooks removed.
+        objective: an :class:`Objective` returning ``(B,)`` values, or a unit name.
+        param: an :class:`ImageParam`, or keyword arguments for one (``fft``,
+            ``decorrelate``, ``output``, ``decay_power``, ``color_matrix``, ``sd``).
+        transforms: ``"standard"`` (Lucent's), a list of transforms, or ``None``.
+        optimizer: factory ``params → Optimizer`` (default Adam, lr 0.05). Element-wise
+            optimizers (Adam, SGD) keep samples independent.
+        thresholds: optimizer-step counts at which to return images (0 = the start).
+        batch: number of images (ignored when ``param`` or ``init_images`` is given).
+        image_size: ``H`` or ``(H, W)`` of the parameterized image.
+        init_images: start from these ``(B, C, H, W)`` images instead of noise.
+        normalize: ``(mean, std)`` or a module applied after the transforms; ``None`` when
+            the model normalizes its input itself. Never guessed.
+        seeds: one seed for all samples or one per sample (initial noise and transforms).
+        record: trajectory steps to keep: ``"all"``, ``"log"`` (15 log-spaced steps, App.
+            C.1), or a list of step indices in ``[0, max(thresholds))``.
+        record_grads: also keep the gradient w.r.t. the image at recorded steps.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast.
+        channels_last: run with channels_last weights and input (restored afterwards).
+        compile: ``torch.compile`` the model for this call.
+        progress: show a progress bar over steps.
+        unit_names: names of the samples, used in error messages and the result.
+
+    Returns:
+        :class:`RenderResult`.
+
+    Raises:
+        FloatingPointError: a non-finite objective or gradient, naming the unit and step.
+    """
+    obj = as_objective(objective)
+    thresholds = sorted({int(t) for t in thresholds})
+    if not thresholds or thresholds[0] < 0:
+        raise ValueError(f"thresholds must be non-negative step counts, got {thresholds}")
+    total = thresholds[-1]
+    device, dtype = _model_device_dtype(model)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+
+    if isinstance(param, ImageParam):
+        b = param.shape[0]
+        if init_images is not None:
+            param.set_images(init_images)
+    else:
+        b = init_images.shape[0] if init_images is not None else batch
+    seed_list = [int(seeds)] * b if isinstance(seeds, int) else [int(s) for s in seeds]
+    if len(seed_list) != b:
+        raise ValueError(f"got {len(seed_list)} seeds for a batch of {b}")
+    generators = [make_generator(s) for s in seed_list]
+    if not isinstance(param, ImageParam):
+        kwargs = dict(param or {})
+        if init_images is not None:
+            param = ImageParam.from_images(init_images.to(device), **kwargs)
+        else:
+            param = ImageParam(b, 3, h, w, generators=generators, device=device, **kwargs)
+    param = param.to(device)
+    names = list(unit_names) if unit_names is not None else [f"{obj.name}[{i}]" for i in range(b)]
+
+    chain = TransformChain(standard_transforms() if transforms == "standard" else transforms)
+    draws = chain.draw(generators, max(total, 1)).to(device)
+    rec_steps = _record_steps(record, total)
+    norm = _as_normalize(normalize, device)
+    opt = (optimizer or default_optimizer)([param.raw])
+
+    rec_imgs, rec_grads, rec_vals = [], [], []
+    images: dict[int, Tensor] = {}
+    values: dict[int, Tensor] = {}
+    first_bad = torch.full((b,), -1, device=device, dtype=torch.long)
+
+    with preserved_state(model), _channels_last(model, channels_last), \
+            capture(model, obj.model_layers) as acts:
+        fwd = torch.compile(model) if compile else model
+
+        def forward(img: Tensor, u: Tensor | None) -> Tensor:
+            x = chain(img, u) if u is not None else img
+            if norm is not None:
+                x = norm(x)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
+                                enabled=autocast_dtype is not None):
+                out = fwd(x.to(dtype))
+            acts[OUTPUT] = out
+            acts[INPUT] = img
+            return obj(acts).float()
+
+        def snapshot(step: int) -> None:
+            with torch.no_grad():
+                img = param()
+                images[step] = img.detach().float().cpu()
+                values[step] = forward(img, None).detach().cpu()
+
+        if 0 in thresholds:
+            snapshot(0)
+        steps_iter = range(1, total + 1)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps_iter = tqdm(steps_iter, desc=f"render {b} images", leave=False)
+        for step in steps_iter:
+            opt.zero_grad(set_to_none=True)
+            img = param()
+            keep = (step - 1) in rec_steps
+            if keep and record_grads:
+                img.retain_grad()
+            vals = forward(img, draws[step - 1])
+            (-vals.sum()).backward()
+            finite = torch.isfinite(vals) & torch.isfinite(param.raw.grad).flatten(1).all(1)
+            first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
+            if keep:
+                rec_imgs.append(img.detach().float().cpu())
+                rec_vals.append(vals.detach().cpu())
+                if record_grads:
+                    rec_grads.append(img.grad.detach().float().cpu())
+            opt.step()
+            if step in thresholds or step == total:
+                _raise_if_bad(first_bad, names)
+                snapshot(step)
+        _raise_if_bad(first_bad, names)
+        for step, img in images.items():
+            if not torch.isfinite(img).all():
+                bad = (~torch.isfinite(img)).flatten(1).any(1).nonzero().flatten().tolist()
+                raise FloatingPointError(
+                    f"non-finite image for unit(s) {[names[i] for i in bad]} at step {step}")
+
+    traj = None
+    if rec_steps:
+        traj = Trajectory(
+            steps=torch.tensor(sorted(rec_steps)),
+            images=torch.stack(rec_imgs),
+            values=torch.stack(rec_vals),
+            grads=torch.stack(rec_grads) if record_grads else None,
+        )
+    return RenderResult(images={t: images[t] for t in thresholds},
+                        values={t: values[t] for t in thresholds}, trajectory=traj, units=names)
+
+
+def _record_steps(record: Sequence[int] | str | None, total: int) -> set[int]:
+    if record is None:
+        return set()
+    if record == "all":
+        return set(range(total))
+    if record == "log":
+        return set(log_spaced_steps(total, 15))
+    if isinstance(record, str):
+        raise ValueError(f"unknown record {record!r}; valid: 'all', 'log', or a list of steps")
+    steps = {int(s) for s in record}
+    bad = [s for s in steps if not 0 <= s < total]
+    if bad:
+        raise ValueError(f"record steps {sorted(bad)} outside [0, {total})")
+    return steps
+
+
+def _raise_if_bad(first_bad: Tensor, names: Sequence[str]) -> None:
+    bad = (first_bad >= 0).nonzero().flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise FloatingPointError(
+            f"non-finite objective or gradient for unit {names[i]!r} at step "
+            f"{int(first_bad[i])} ({bad.numel()} unit(s) affected: "
+            f"{[names[int(j)] for j in bad[:5]]})"
+        )
+
+
+def render_units(
+    model: nn.Module,
+    units: Sequence[str | Unit],
+    chunk_size: int | None = 64,
+    seed: int | Sequence[int] = 0,
+    progress: bool = False,
+    max_memory_gb: float | None = None,
+    **kwargs: object,
+) -> RenderResult:
+    """Render one image per unit, sample ``i`` maximizing ``units[i]``, in batches.
+
+    Args:
+        model: the model (see :func:`render`).
+        units: Lucent-style names (``"block3:5"``) or :class:`Unit` s, any layers.
+        chunk_size: units per batch (``None``: all at once). On CUDA, ``max_memory_gb``
+            instead sizes chunks from a probe of the per-image memory cost.
+        seed: seed for every unit (a unit's image is then the same as when rendered
+            alone with that seed), or one seed per unit.
+        progress: progress bar over chunks.
+        **kwargs: passed to :func:`render` (``thresholds``, ``image_size``, ``record``…).
+
+    Returns:
+        A :class:`RenderResult` whose tensors concatenate the chunks in unit order.
+    """
+    parsed = [parse_unit(u) for u in units]
+    if not parsed:
+        raise ValueError("no units to render")
+    seeds = [int(seed)] * len(parsed) if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != len(parsed):
+        raise ValueError(f"got {len(seeds)} seeds for {len(parsed)} units")
+    if max_memory_gb is not None:
+        chunk_size = _probe_chunk_size(model, parsed[0], max_memory_gb, kwargs)
+    size = chunk_size or len(parsed)
+    chunks = range(0, len(parsed), size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=f"render {len(parsed)} units", unit="chunk")
+    results = []
+    for start in chunks:
+        part = parsed[start:start + size]
+        results.append(render(model, units_objective(part), batch=len(part),
+                              seeds=seeds[start:start + size],
+                              unit_names=[str(u) for u in part], **kwargs))
+    return _concat(results)
+
+
+def _concat(results: list[RenderResult]) -> RenderResult:
+    first = results[0]
+    images = {t: torch.cat([r.images[t] for r in results]) for t in first.images}
+    values = {t: torch.cat([r.values[t] for r in results]) for t in first.values}
+    traj = None
+    if first.trajectory is not None:
+        trs = [r.trajectory for r in results]
+        traj = Trajectory(
+            steps=first.trajectory.steps,
+            images=torch.cat([t.images for t in trs], dim=1),
+            values=torch.cat([t.values for t in trs], dim=1),
+            grads=None if first.trajectory.grads is None
+            else torch.cat([t.grads for t in trs], dim=1),
+        )
+    return RenderResult(images, values, traj, [n for r in results for n in r.units])
+
+
+def _probe_chunk_size(model: nn.Module, u: Unit, max_memory_gb: float,
+                      kwargs: dict[str, object]) -> int:
+    """Units per chunk that fit ``max_memory_gb`` on CUDA, from two one-step probes."""
+    device, _ = _model_device_dtype(model)
+    if device.type != "cuda":
+        return 64
+    probe = {k: v for k, v in kwargs.items() if k not in ("thresholds", "record", "progress")}
+    peaks = []
+    for n in (1, 2):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        render(model, units_objective([u] * n), batch=n, thresholds=(1,), **probe)
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    per_image = max(peaks[1] - peaks[0], 1)
+    fixed = max(peaks[0] - per_image, 0)
+    return max(1, int((max_memory_gb * 2**30 - fixed) // per_image))
