@@ -1,0 +1,1 @@
+"""Plain functions behind the extra `lightning-fv` commands (edges: files, plots)."""
