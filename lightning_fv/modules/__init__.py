@@ -1,1 +1,6 @@
-"""lightning_fv.modules"""
+"""LightningModules (the edge where Lightning meets the core)."""
+
+from lightning_fv.modules.classifier import ImageClassifier
+from lightning_fv.modules.feature_visualizer import FeatureVisualizer
+
+__all__ = ["FeatureVisualizer", "ImageClassifier"]
