@@ -1,0 +1,46 @@
+"""GPU code paths of the engine (run with `make test-gpu` on a CUDA machine)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_fv.models import SmallCNN
+from lightning_fv.optvis.render import render_units
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return SmallCNN(num_classes=10).cuda().eval()
+
+
+def test_bf16_autocast_render_is_finite_and_close_to_fp32(net):
+    units = [f"block3:{i}" for i in range(8)]
+    a = render_units(net, units, thresholds=(16,), image_size=64)
+    b = render_units(net, units, thresholds=(16,), image_size=64,
+                     autocast_dtype=torch.bfloat16)
+    assert torch.isfinite(b.final).all()
+    assert (a.final - b.final).abs().mean() < 0.05
+    assert (b.values[16] > 0).float().mean() >= 0.5
+
+
+def test_channels_last_and_compile_match_eager_and_restore_weights(net):
+    units = [f"block2:{i}" for i in range(4)]
+    w = net.block1.conv.weight
+    a = render_units(net, units, thresholds=(8,), image_size=32)
+    b = render_units(net, units, thresholds=(8,), image_size=32, channels_last=True)
+    c = render_units(net, units, thresholds=(8,), image_size=32, compile=True)
+    assert (a.final - b.final).abs().max() < 1e-3
+    assert (a.final - c.final).abs().max() < 1e-3
+    assert net.block1.conv.weight is w and w.is_contiguous()
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_memory_probe_sizes_chunks_to_the_budget(net):
+    units = [f"block4:{i}" for i in range(32)]
+    res = render_units(net, units, thresholds=(2,), image_size=64, max_memory_gb=0.05)
+    assert res.final.shape == (32, 3, 64, 64)
