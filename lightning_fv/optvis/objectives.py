@@ -91,10 +91,17 @@ def _index(idx: Index, b: int, device: torch.device) -> Tensor:
     return t
 
 
-def _check(layer: str, idx: Tensor, act: Tensor) -> None:
-    lo, hi = int(idx.min()), int(idx.max())
-    check_unit_index(Unit(layer, lo), act)
-    check_unit_index(Unit(layer, hi), act)
+def _check(layer: str, idx: Index, act: Tensor) -> None:
+    """Range-check unit indices; uses Python values when given, so no device sync."""
+    if isinstance(idx, Tensor):
+        if idx.device.type != "cpu":
+            return  # already checked on the CPU when the objective was built/first called
+        values = idx.flatten().tolist()
+    else:
+        values = [idx] if isinstance(idx, int) else list(idx)
+    if values:
+        check_unit_index(Unit(layer, int(min(values))), act)
+        check_unit_index(Unit(layer, int(max(values))), act)
 
 
 def _pick_channel(act: Tensor, idx: Tensor) -> Tensor:
@@ -107,8 +114,8 @@ def channel(layer: str, n: Index) -> Objective:
 
     def fn(a: dict[str, Tensor]) -> Tensor:
         act = a[layer]
+        _check(layer, n, act)
         idx = _index(n, act.shape[0], act.device)
-        _check(layer, idx, act)
         picked = _pick_channel(act, idx)
         return picked.flatten(1).mean(1) if picked.dim() > 1 else picked
 
@@ -120,14 +127,14 @@ def neuron(layer: str, n: Index, x: int | None = None, y: int | None = None) -> 
 
     def fn(a: dict[str, Tensor]) -> Tensor:
         act = a[layer]
+        _check(layer, n, act)
         idx = _index(n, act.shape[0], act.device)
-        _check(layer, idx, act)
         if act.dim() == 2:
             return _pick_channel(act, idx)
         h, w = act.shape[-2:]
         yy = h // 2 if y is None else y
         xx = w // 2 if x is None else x
-        check_unit_index(Unit(layer, int(idx[0]), (yy, xx)), act)
+        check_unit_index(Unit(layer, 0, (yy, xx)), act)
         return _pick_channel(act[..., yy, xx], idx)
 
     return Objective(fn, [layer], f"neuron({layer}:{n}@{x},{y})")
@@ -229,8 +236,8 @@ def class_logit(n: Index) -> Objective:
 
     def fn(a: dict[str, Tensor]) -> Tensor:
         out = a[OUTPUT]
+        _check("output", n, out)
         idx = _index(n, out.shape[0], out.device)
-        _check("output", idx, out)
         return _pick_channel(out, idx)
 
     return Objective(fn, [OUTPUT], f"class_logit({n})")
@@ -242,8 +249,8 @@ def class_log_prob(n: Index) -> Objective:
 
     def fn(a: dict[str, Tensor]) -> Tensor:
         out = a[OUTPUT].float().log_softmax(-1)
+        _check("output", n, out)
         idx = _index(n, out.shape[0], out.device)
-        _check("output", idx, out)
         return _pick_channel(out, idx)
 
     return Objective(fn, [OUTPUT], f"class_log_prob({n})")
@@ -333,34 +340,44 @@ def units_objective(units: Sequence[str | Unit]) -> Objective:
     """
     parsed = [parse_unit(u) for u in units]
     layers = list(dict.fromkeys(u.layer for u in parsed))
+    plan = []  # per layer: rows, channel indices, (row-in-group, r, c) of positioned units
+    for layer in layers:
+        rows = [i for i, u in enumerate(parsed) if u.layer == layer]
+        pos = [(j, *parsed[i].position) for j, i in enumerate(rows)
+               if parsed[i].position is not None]
+        plan.append((layer, rows, [parsed[i].index for i in rows], pos))
+    cache: dict[torch.device, list[tuple[Tensor, ...]]] = {}
+    checked: set[tuple[str, tuple[int, ...]]] = set()
 
     def fn(a: dict[str, Tensor]) -> Tensor:
         b = len(parsed)
-        any_act = a[parsed[0].layer]
-        out = torch.empty(b, device=any_act.device, dtype=torch.float32)
-        for layer in layers:
-            rows = [i for i, u in enumerate(parsed) if u.layer == layer]
+        device = a[parsed[0].layer].device
+        if device not in cache:
+            cache[device] = [
+                tuple(torch.tensor(v, device=device, dtype=torch.long)
+                      for v in (rows, idx, [p[0] for p in pos], [p[1] for p in pos],
+                                [p[2] for p in pos]))
+                for _, rows, idx, pos in plan
+            ]
+        out = torch.empty(b, device=device, dtype=torch.float32)
+        for (layer, rows, idx, pos), tensors in zip(plan, cache[device]):
             act = a[layer]
             if act.shape[0] != b:
                 raise ValueError(f"batch of {act.shape[0]} images for {b} units")
-            rows_t = torch.tensor(rows, device=act.device)
-            idx = torch.tensor([parsed[i].index for i in rows], device=act.device)
-            _check(layer, idx, act)
-            picked = act[rows_t, idx]
+            key = (layer, tuple(act.shape[1:]))
+            if key not in checked:  # Python-side range checks, once per layer shape
+                _check(layer, idx, act)
+                for _, r, c in pos:
+                    check_unit_index(Unit(layer, 0, (r, c)), act)
+                checked.add(key)
+            rows_t, idx_t, js, rr, cc = tensors
+            picked = act[rows_t, idx_t]
             if picked.dim() == 1:
                 vals = picked
             else:
                 vals = picked.flatten(1).mean(1)
-                pos = [(j, parsed[i].position) for j, i in enumerate(rows)
-                       if parsed[i].position is not None]
                 if pos:
-                    for j, (r, c) in pos:
-                        check_unit_index(Unit(layer, int(idx[j]), (r, c)), act)
-                    js = torch.tensor([j for j, _ in pos], device=act.device)
-                    rr = torch.tensor([p[0] for _, p in pos], device=act.device)
-                    cc = torch.tensor([p[1] for _, p in pos], device=act.device)
-                    vals = vals.clone()
-                    vals[js] = picked[js, rr, cc]
+                    vals = vals.index_put((js,), picked[js, rr, cc])
             out = out.index_put((rows_t,), vals.float())
         return out
 

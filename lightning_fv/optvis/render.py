@@ -228,7 +228,7 @@ def render(
         def snapshot(step: int) -> None:
             with torch.no_grad():
                 img = param()
-                images[step] = img.detach().float().cpu()
+                images[step] = img.detach().float().cpu().clone()
                 values[step] = forward(img, None).detach().cpu()
 
         if 0 in thresholds:
@@ -249,7 +249,7 @@ def render(
             finite = torch.isfinite(vals) & torch.isfinite(param.raw.grad).flatten(1).all(1)
             first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
             if keep:
-                rec_imgs.append(img.detach().float().cpu())
+                rec_imgs.append(img.detach().float().cpu().clone())
                 rec_vals.append(vals.detach().cpu())
                 if record_grads:
                     rec_grads.append(img.grad.detach().float().cpu())

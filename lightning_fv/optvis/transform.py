@@ -43,9 +43,15 @@ def _eye(b: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.eye(3, device=device, dtype=dtype).expand(b, 3, 3).clone()
 
 
+_VALUES: dict[tuple[tuple[float, ...], torch.device, torch.dtype], Tensor] = {}
+
+
 def _choice(u: Tensor, values: Sequence[float]) -> Tensor:
     """Pick ``values[floor(u·len)]`` per sample (a uniform choice from a list)."""
-    v = torch.as_tensor(list(values), dtype=u.dtype, device=u.device)
+    key = (tuple(float(v) for v in values), u.device, u.dtype)
+    if key not in _VALUES:  # one host-to-device copy per list, not per step
+        _VALUES[key] = torch.as_tensor(key[0], dtype=u.dtype, device=u.device)
+    v = _VALUES[key]
     idx = (u * len(v)).long().clamp_max(len(v) - 1)
     return v[idx]
 
