@@ -190,7 +190,8 @@ class FeatureVisualizer(L.LightningModule):
 
 def save_sweep(results: dict[str, object], output_dir: str) -> list[Path]:
     """Write ``units.safetensors`` (images ``(N, 3, H, W)``, values ``(N,)``, unit names in
-    the metadata) and one PNG grid per layer; returns the written paths."""
+    the metadata), the same as ``units.pt`` (loads with ``weights_only=True``) and one PNG
+    grid per layer; returns the written paths."""
     import json
 
     from safetensors.torch import save_file
@@ -202,9 +203,11 @@ def save_sweep(results: dict[str, object], output_dir: str) -> list[Path]:
     units: list[str] = results["units"]  # type: ignore[assignment]
     images: Tensor = results["images"]  # type: ignore[assignment]
     values: Tensor = results["values"]  # type: ignore[assignment]
-    paths = [out / "units.safetensors"]
+    paths = [out / "units.safetensors", out / "units.pt"]
     save_file({"images": images.contiguous(), "values": values.contiguous()}, str(paths[0]),
               metadata={"units": json.dumps(units)})
+    # the same tensors for torch.load(..., weights_only=True) users
+    torch.save({"images": images, "values": values, "units": list(units)}, paths[1])
     by_layer: dict[str, list[int]] = {}
     for i, u in enumerate(units):
         by_layer.setdefault(parse_unit(u).layer, []).append(i)

@@ -41,6 +41,8 @@ def test_render_command_writes_grids_and_tensors(tmp_path):
     assert sweep["images"].shape == (4, 3, 16, 16)
     assert torch.isfinite(sweep["images"]).all()
     assert (tmp_path / "fc.png").is_file() and (tmp_path / "block2.png").is_file()
+    pt = torch.load(tmp_path / "units.pt", weights_only=True)
+    assert pt["units"] == sweep["units"] and torch.equal(pt["images"], sweep["images"])
 
 
 def test_lightning_cli_predict_runs_the_feature_visualizer(tmp_path):
