@@ -15,6 +15,7 @@ import sys
 
 COMMANDS: dict[str, str] = {
     "render": "lightning_fv.commands.render:render",
+    "sample": "lightning_fv.commands.diffusion:sample",
 }
 
 
