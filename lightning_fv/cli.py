@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "render": "lightning_fv.commands.render:render",
     "sample": "lightning_fv.commands.diffusion:sample",
+    "ifv": "lightning_fv.commands.ifv:ifv",
 }
 
 

@@ -1,0 +1,97 @@
+"""The Lightning callback and the ``lightning-fv ifv`` command on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_fv.callbacks.inverse_fv import InverseFeatureVisualizationCallback
+
+
+class TinyConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.bn(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(F.relu(h).mean((2, 3)))
+
+
+class Module(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = TinyConv()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], _i: int) -> Tensor:
+        return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], _i: int) -> None:
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.rand(8, 3, 12, 12, generator=g),
+                                    torch.randint(0, 3, (8,), generator=g)), batch_size=4)
+
+
+def test_callback_logs_angles_and_figure_and_restores_state(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = Module()
+    cb = InverseFeatureVisualizationCallback(layer="model.bn", n_targets=3, steps=4,
+                                             lbfgs_steps=2, reopt_steps=2, image_size=12)
+    trainer = L.Trainer(max_epochs=1, logger=CSVLogger(tmp_path), callbacks=[cb],
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", num_sanity_val_steps=0, limit_train_batches=1)
+    trainer.fit(module, _loader(), _loader())  # validation runs under inference_mode
+    assert len(cb.history) == 1
+    h = cb.history[0]
+    for kind in ("predicted", "response", "random"):
+        assert 0.0 <= h[f"ifv/val/angle_{kind}_mean_deg"] <= 90.0
+    assert -1.0 <= h["ifv/val/ssim_target_mean"] <= 1.0
+    rows = list(csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")))
+    assert any(r.get("ifv/val/angle_predicted_mean_deg") for r in rows)
+    assert list((Path(trainer.logger.log_dir) / "ifv").glob("val_angles_ssim_step*.png"))
+    # direct run: RNG, mode, flags and grads untouched
+    module.train()
+    for p in module.parameters():
+        p.grad = None
+    state = torch.get_rng_state()
+    cb._run(trainer, module, "test")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert module.training and all(p.requires_grad and p.grad is None
+                                   for p in module.parameters())
+    # state_dict round trip
+    cb2 = InverseFeatureVisualizationCallback(layer="model.bn")
+    cb2.load_state_dict(cb.state_dict())
+    assert cb2.history == cb.history
+
+
+def test_ifv_command_writes_metrics_and_figures(tmp_path: Path) -> None:
+    from lightning_fv.commands.ifv import ifv
+
+    torch.manual_seed(0)
+    paths = ifv(model="small_cnn", layer="block1.bn", n_targets=2, steps=3, lbfgs_steps=1,
+                reopt_steps=1, image_size=16, device="cpu", output_dir=str(tmp_path / "out"))
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert 0.0 <= metrics["angle_predicted_mean_deg"] <= 90.0
+    assert any(p.endswith(".png") for p in paths)

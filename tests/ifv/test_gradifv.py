@@ -1,0 +1,151 @@
+"""Grad-IFV against exact answers: Z_k and its inverse, the batched Jacobian against a dense
+autograd Jacobian, and recovery of the target objective at exact optima."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lightning_fv.ifv import (
+    alpha_coefficients,
+    angular_distance,
+    feature_jacobian,
+    feature_jacobian_loop,
+    grad_ifv,
+    gradient_residual,
+    jacobian_gram,
+    singular_coefficients,
+    z_matrix,
+    z_matrix_inverse,
+)
+from lightning_fv.optvis.objectives import OUTPUT, aggregate
+from lightning_fv.optvis.param import ImageParam
+
+
+def test_z_times_closed_form_inverse_is_identity() -> None:
+    y = torch.randn(5, 7, dtype=torch.float64)
+    for k in (0.0, 1.0, 2.0, 7.5):
+        prod = z_matrix(y, k) @ z_matrix_inverse(y, k)
+        assert torch.allclose(prod, torch.eye(7, dtype=torch.float64).expand(5, 7, 7), atol=1e-12)
+    assert torch.equal(z_matrix(y, 0.0), torch.eye(7, dtype=torch.float64).expand(5, 7, 7))
+
+
+def test_z_matrix_shrinks_response_direction_by_one_over_k_plus_one() -> None:
+    y = torch.randn(3, 4, dtype=torch.float64)
+    yb = y / y.norm(dim=1, keepdim=True)
+    zy = (z_matrix(y, 2.0) @ yb.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(zy, yb / 3, atol=1e-12)
+
+
+def test_negative_cosine_power_is_rejected() -> None:
+    with pytest.raises(ValueError, match="k must be >= 0, got -1"):
+        z_matrix(torch.ones(1, 3), -1.0)
+
+
+@pytest.mark.parametrize("k", [0.0, 2.0])
+def test_grad_ifv_recovers_target_of_linear_features_exactly(k: float, on_sphere: tuple) -> None:
+    """Features linear in the input, y = W·I with I on the unit sphere (I = v/‖v‖): at the
+    maximizer of S_x, Grad-IFV returns x to within a tiny fraction of a degree (§2.1)."""
+    sphere, maximize_on_sphere = on_sphere
+    torch.manual_seed(0)
+    n_f, n_p = 6, 10
+    net = nn.Sequential(nn.Linear(n_p, n_f, bias=False)).double()
+    x = torch.rand(4, n_f, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True)
+    v = maximize_on_sphere(net, x, k, n_p)
+    y, jac = feature_jacobian(net, OUTPUT, v, sphere, aggregation="identity")
+    pred = grad_ifv(y, jac, k=k)
+    assert angular_distance(pred, x).max() < 0.01
+    # documented sign rule: x*ᵀy > 0
+    assert ((pred * y).sum(1) > 0).all()
+    if k == 0:  # closed form: u = Wᵀx/‖Wᵀx‖ is the maximizer, so Dy = W(I − uuᵀ)
+        u = sphere((net[0].weight.T @ x.T).T)
+        assert torch.allclose(sphere(v), u, atol=1e-8)
+
+
+def test_grad_ifv_recovers_target_on_small_nonlinear_net_with_dense_jacobian(
+        on_sphere: tuple) -> None:
+    sphere, maximize_on_sphere = on_sphere
+    torch.manual_seed(1)
+    n_f, n_p = 5, 12
+    net = nn.Sequential(nn.Linear(n_p, 16), nn.Tanh(), nn.Linear(16, n_f), nn.Tanh()).double()
+    x = torch.rand(3, n_f, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True)
+    k = 2.0
+    v = maximize_on_sphere(net, x, k, n_p)
+    dense = torch.stack([
+        torch.autograd.functional.jacobian(lambda w: net(sphere(w[None]))[0], v[b])
+        for b in range(v.shape[0])
+    ])
+    y, jac = feature_jacobian(net, OUTPUT, v, sphere, aggregation="identity")
+    assert torch.allclose(jac, dense, atol=1e-12)
+    pred = grad_ifv(y, gram=jacobian_gram(dense), k=k)
+    assert gradient_residual(x, y, dense, k=k).max() < 1e-6  # the targets are optima
+    assert angular_distance(pred, x).max() < 0.5
+    # α_1 = c_1² = (xᵀx*)² when C = ℝ^{n_f} (§3.5)
+    c = singular_coefficients(x, y, dense, k=k)
+    assert torch.allclose(c[:, 0].abs(), (x * pred).sum(1).abs(), atol=1e-9)
+    assert torch.isclose(alpha_coefficients(x, y, dense, k=k).sum(), torch.tensor(1.0,
+                         dtype=torch.float64))
+
+
+class ConvFeatures(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.act = nn.Tanh()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.conv2(self.relu(self.bn(self.conv1(x)))))
+
+
+def test_batched_jacobian_equals_dense_autograd_jacobian_and_loop() -> None:
+    torch.manual_seed(0)
+    net = ConvFeatures()
+    net.bn.running_mean.normal_()
+    net.train()
+    for p in net.parameters():
+        p.grad = None
+    imgs = torch.rand(3, 3, 8, 8)
+    y, jac = feature_jacobian(net, "act", imgs, chunk_size=4)
+
+    def fn(img: Tensor) -> Tensor:
+        return aggregate(net(img[None]), "maxpool_mean")[0]
+
+    with torch.no_grad():
+        net.eval()
+    dense = torch.stack([torch.autograd.functional.jacobian(fn, imgs[b]) for b in range(3)])
+    net.train()
+    assert jac.shape == (3, 6, 3, 8, 8)
+    assert torch.allclose(jac, dense, atol=1e-6)
+    y2, jac2 = feature_jacobian_loop(net, "act", imgs)
+    assert torch.allclose(jac, jac2, atol=1e-6) and torch.allclose(y, y2)
+    # the model state is restored: training mode, flags, no .grad
+    assert net.training and all(p.requires_grad and p.grad is None for p in net.parameters())
+
+
+def test_jacobian_wrt_image_param_raw_works_under_inference_mode() -> None:
+    torch.manual_seed(0)
+    net = ConvFeatures().eval()
+    param = ImageParam(2, 3, 8, 8, fft=True, decorrelate=True)
+    feats = torch.tensor([0, 2, 5])
+    with torch.inference_mode():
+        y, jac = feature_jacobian(net, "act", param.raw, param, features=feats)
+    assert jac.shape == (2, 3, *param.raw.shape[1:])
+    raw = param.raw.detach()
+    dense = torch.autograd.functional.jacobian(
+        lambda r: aggregate(net(torch.func.functional_call(param, {"raw": r}, ())),
+                            "maxpool_mean")[:, feats], raw)  # (B, n_f, B, ...)
+    for b in range(2):
+        assert torch.allclose(jac[b], dense[b, :, b], atol=1e-6)
+    assert param.raw.grad is None
+
+
+def test_bad_feature_index_names_the_valid_range() -> None:
+    net = ConvFeatures().eval()
+    with pytest.raises(ValueError, match=r"\[0, 6\)"):
+        feature_jacobian(net, "act", torch.rand(1, 3, 8, 8), features=torch.tensor([6]))
