@@ -42,6 +42,8 @@ def main() -> None:
                     help="features per vectorized backward (default: all on CUDA, 32 on CPU)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--layer", default="layer4")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="channels_last weights and input, for both paths")
     args = ap.parse_args()
     device = torch.device(args.device)
     n_f = args.n_features or (64 if args.small else 512)
@@ -50,6 +52,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = resnet50(weights=None).to(device).eval()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     param = ImageParam(args.batch, 3, size, size, fft=False, decorrelate=False,
                        output="sigmoid", device=device)
     feats = torch.arange(n_f)
@@ -84,6 +88,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "model": "resnet50 (random weights)", "layer": args.layer,
         "n_features": n_f, "image_size": size, "batch": args.batch, "chunk_size": chunk,
+        "channels_last": args.channels_last,
         "n_params_per_sample": int(v[0].numel()),
         "batched_s_per_sample": t_b / args.batch, "loop_s_per_sample": t_l / args.batch,
         "speedup": t_l / t_b, "max_rel_diff": diff, "peak_mem_gib_batched": peak,

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "render": "lightning_fv.commands.render:render",
     "sample": "lightning_fv.commands.diffusion:sample",
     "ifv": "lightning_fv.commands.ifv:ifv",
+    "invariant": "lightning_fv.commands.invariant:invariant",
 }
 
 

@@ -2,6 +2,15 @@
 
 from lightning_fv.modules.classifier import ImageClassifier
 from lightning_fv.modules.feature_visualizer import FeatureVisualizer
+from lightning_fv.modules.invariant_sampler import InvariantSetSampler
 from lightning_fv.modules.latent_diffusion import LatentDiffusionModule
+from lightning_fv.modules.robust_classifier import NormalizedModel, RobustClassifier
 
-__all__ = ["FeatureVisualizer", "ImageClassifier", "LatentDiffusionModule"]
+__all__ = [
+    "FeatureVisualizer",
+    "ImageClassifier",
+    "InvariantSetSampler",
+    "LatentDiffusionModule",
+    "NormalizedModel",
+    "RobustClassifier",
+]

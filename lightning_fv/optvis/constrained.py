@@ -2,8 +2,9 @@
 
 Maximize an objective inside an ℓ2 or ℓ∞ ball around seed images with normalized
 projected gradient steps (:func:`lightning_fv.optvis.projected.projected_step`, the same
-step PGD adversarial training uses). App. A.4 uses ℓ2, ε = 40 (ImageNet) / 30 (CIFAR) on
-[0, 1] images, step size 1 and 200 steps on robust models.
+step PGD adversarial training uses). App. A.4 (restricted ImageNet, robust ResNet-50)
+uses ℓ2 with ε = 1000 (in effect unconstrained), step size 1 and 200 steps; App. A.6
+(feature addition) uses ε = 40, step size 1 and 60 steps.
 """
 
 from __future__ import annotations
@@ -91,14 +92,15 @@ def render_in_ball(
     model: nn.Module,
     objective: Objective | str,
     x0: Tensor,
-    eps: float = 40.0,
+    eps: float = 1000.0,
     step_size: float = 1.0,
     steps: int = 200,
     norm: Norm = "l2",
     normalize: nn.Module | None = None,
 ) -> Tensor:
     """Feature visualization from seed images ``x0`` ``(B, C, H, W)`` in an ε-ball
-    (App. A.4 defaults), with the model in eval mode and its state restored after."""
+    (App. A.4 defaults: ℓ2, ε = 1000, step 1, 200 steps), with the model in eval mode
+    and its state restored after."""
     with preserved_state(model):
         return maximize_in_ball(model_objective_fn(model, objective, normalize), x0, eps,
                                 step_size, steps, norm)
