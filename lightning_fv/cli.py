@@ -18,6 +18,9 @@ COMMANDS: dict[str, str] = {
     "sample": "lightning_fv.commands.diffusion:sample",
     "ifv": "lightning_fv.commands.ifv:ifv",
     "invariant": "lightning_fv.commands.invariant:invariant",
+    "train-detector": "lightning_fv.commands.manipulation:train_detector",
+    "manipulate": "lightning_fv.commands.manipulation:manipulate",
+    "render-comparison": "lightning_fv.commands.manipulation:render_comparison",
 }
 
 

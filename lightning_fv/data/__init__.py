@@ -6,13 +6,25 @@ from lightning_fv.data.datamodules import (
     TorchvisionDataModule,
 )
 from lightning_fv.data.embedded import PHOTO_CLASSES, digits, load_photos, photo_patches
+from lightning_fv.data.trajectories import (
+    TrajectoryDataModule,
+    augment_like_rendering,
+    layer_units,
+    render_trajectories,
+    split_units,
+)
 
 __all__ = [
     "PHOTO_CLASSES",
     "DigitsDataModule",
     "PhotoPatchesDataModule",
     "TorchvisionDataModule",
+    "TrajectoryDataModule",
+    "augment_like_rendering",
     "digits",
     "load_photos",
+    "layer_units",
     "photo_patches",
+    "render_trajectories",
+    "split_units",
 ]

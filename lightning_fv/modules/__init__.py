@@ -1,6 +1,7 @@
 """LightningModules (the edge where Lightning meets the core)."""
 
 from lightning_fv.modules.classifier import ImageClassifier
+from lightning_fv.modules.detector import VisualizationDetector
 from lightning_fv.modules.feature_visualizer import FeatureVisualizer
 from lightning_fv.modules.invariant_sampler import InvariantSetSampler
 from lightning_fv.modules.latent_diffusion import LatentDiffusionModule
@@ -13,4 +14,5 @@ __all__ = [
     "LatentDiffusionModule",
     "NormalizedModel",
     "RobustClassifier",
+    "VisualizationDetector",
 ]

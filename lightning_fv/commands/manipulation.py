@@ -1,0 +1,230 @@
+"""``lightning-fv`` commands for `dont-trust-your-eyes…` §2: train the visualization
+detector (App. C.1), build a manipulated model (fooling circuit §2.1 or silent units §2.2)
+and save it as safetensors, and render before/after grids (Fig. 2, Fig. 5)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from lightning_fv.data.embedded import EMBEDDED, load_photos
+from lightning_fv.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_detector(
+    model: str = "bundled:photo_patches",
+    layers: list[str] | None = None,
+    units: list[str] | None = None,
+    max_units_per_layer: int | None = None,
+    natural: str = "photo_patches",
+    n_natural_per_class: int = 100,
+    image_size: int = 64,
+    trajectories_per_unit: int = 2,
+    steps: int = 64,
+    test_fraction: float = 0.2,
+    epochs: int = 20,
+    batch_size: int = 32,
+    cache_dir: str = "outputs/cache/trajectories",
+    device: str = "auto",
+    output: str = "outputs/manipulation/detector.safetensors",
+) -> dict[str, float]:
+    """Train the Table 3 detector on natural images vs. visualization trajectories of
+    ``model`` (App. C.1) and save it (safetensors). Returns held-out accuracies.
+
+    Args:
+        model: model name for :func:`lightning_fv.models.build_model`.
+        layers, units, max_units_per_layer: which units to visualize (default ``fc``).
+        natural: embedded natural images (``photo_patches`` or ``digits``).
+        n_natural_per_class: natural training images per class.
+        image_size: image side in pixels.
+        trajectories_per_unit: runs (seeds) per unit; steps: optimizer steps per run.
+        test_fraction: fraction of units held out.
+        epochs, batch_size: SGD training (lr 0.01, momentum 0.9, wd 5e-5).
+        cache_dir: trajectory cache folder.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        output: detector file.
+    """
+    import lightning as L
+
+    from lightning_fv.data.trajectories import TrajectoryDataModule
+    from lightning_fv.modules.detector import VisualizationDetector, save_detector
+
+    dm = TrajectoryDataModule(model, layers=layers, units=units,
+                              max_units_per_layer=max_units_per_layer, natural=natural,
+                              n_natural_per_class=n_natural_per_class, image_size=image_size,
+                              trajectories_per_unit=trajectories_per_unit, steps=steps,
+                              test_fraction=test_fraction, cache_dir=cache_dir, device=device,
+                              batch_size=batch_size)
+    module = VisualizationDetector(image_size=image_size, max_epochs=epochs)
+    acc = "gpu" if _device(device).type == "cuda" else "cpu"
+    trainer = L.Trainer(max_epochs=epochs, accelerator=acc, logger=False,
+                        enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(module, dm)
+    metrics = trainer.validate(module, dm, verbose=False)[0]
+    save_detector(module.net.cpu(), output)
+    log.info("detector saved to %s: %s", output, metrics)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _load_images(images: list[str], size: int) -> torch.Tensor:
+    """``photo:NAME`` (an embedded photo) or an image file path → ``(N, 3, size, size)``."""
+    import torch.nn.functional as F
+
+    from lightning_fv.data.embedded import PHOTO_CLASSES
+
+    out = []
+    for spec in images:
+        if spec.startswith("photo:"):
+            name = spec[6:]
+            if name not in PHOTO_CLASSES:
+                raise ValueError(f"unknown photo {name!r}; valid: {PHOTO_CLASSES}")
+            img = load_photos(size)[PHOTO_CLASSES.index(name)][:, :size, :size]
+        else:
+            import numpy as np
+            from PIL import Image
+
+            arr = np.asarray(Image.open(spec).convert("RGB"), dtype=np.float32) / 255.0
+            img = F.interpolate(torch.from_numpy(arr).permute(2, 0, 1)[None], size=(size, size),
+                                mode="bilinear", antialias=True, align_corners=False)[0]
+        out.append(img.clamp(0, 1))
+    return torch.stack(out)
+
+
+def manipulate(
+    model: str = "bundled:photo_patches",
+    method: str = "permute",
+    layer: str = "fc",
+    detector_path: str | None = None,
+    shift: int = 1,
+    units: list[int] | None = None,
+    images: list[str] | None = None,
+    k: float = 1e4,
+    mode: str = "relu",
+    natural: str = "photo_patches",
+    n_natural_per_class: int = 100,
+    image_size: int = 64,
+    pattern_unit: int | None = 0,
+    alpha: float = 1.0,
+    beta: float = 4.0,
+    bias: str = "max",
+    percentile: float = 99.0,
+    output: str = "outputs/manipulation/manipulated.safetensors",
+) -> str:
+    """Build a manipulated model and save it (safetensors with the manipulation recipe).
+
+    Args:
+        model: the original model's name (also stored in the file).
+        method: ``permute`` (Fig. 2), ``embed`` (images as visualizations, Fig. 1) or
+            ``silent`` (§2.2, Fig. 5).
+        layer: the manipulated layer (a ConvBlock / conv name for ``silent``).
+        detector_path: trained detector (``permute``/``embed``), see :func:`train_detector`.
+        shift: visualization of unit ``c`` becomes that of ``c + shift`` (``permute``).
+        units: units to manipulate (default all / ``0..len(images)-1``).
+        images: ``photo:NAME`` or image files to embed (``embed``).
+        k, mode: fooling-circuit constant and sign handling (``relu``/``split``/``offset``).
+        natural, n_natural_per_class, image_size: natural images that set the silent bias.
+        pattern_unit: silent units copy this unit's filter as the shared target pattern
+            (``None``: a random pattern).
+        alpha, beta, bias, percentile: silent-unit parameters (Eq. 2, App. D).
+        output: output file.
+
+    Returns:
+        The written path.
+    """
+    from lightning_fv.manipulation import (
+        embed_images,
+        pattern_from_unit,
+        permute_layer,
+        save_manipulated,
+        silence_block,
+    )
+    from lightning_fv.optvis.hooks import get_layer
+
+    net = build_model(model).eval()
+    if method in ("permute", "embed"):
+        if detector_path is None:
+            raise ValueError(f"method {method!r} needs detector_path (train_detector's output)")
+        from lightning_fv.modules.detector import load_detector
+
+        det = load_detector(detector_path)
+        if method == "permute":
+            new = permute_layer(net, layer, det, shift=shift, units=units, k=k, mode=mode)
+        else:
+            if not images:
+                raise ValueError("method 'embed' needs images (photo:NAME or file paths)")
+            new = embed_images(net, layer, det, _load_images(images, image_size), units=units,
+                               k=k, mode=mode)
+    elif method == "silent":
+        xn, _ = EMBEDDED[natural]("train", n_natural_per_class, image_size) \
+            if natural == "photo_patches" else EMBEDDED[natural]("train", image_size)
+        mod = get_layer(net, layer)
+        conv = mod.conv if hasattr(mod, "conv") else mod
+        pattern = None if pattern_unit is None else pattern_from_unit(conv, pattern_unit)
+        new = silence_block(net, layer, xn, pattern=pattern, alpha=alpha, beta=beta, bias=bias,
+                            percentile=percentile, units=units)
+    else:
+        raise ValueError(f"unknown method {method!r}; valid: permute, embed, silent")
+    path = save_manipulated(new, output, base=model)
+    log.info("manipulated model saved to %s", path)
+    return str(path)
+
+
+def render_comparison(
+    manipulated_path: str,
+    model: str | None = None,
+    units: list[str] | None = None,
+    steps: int = 128,
+    image_size: int = 64,
+    seed: int = 0,
+    device: str = "auto",
+    output: str = "outputs/manipulation/before_after.png",
+) -> str:
+    """Render ``units`` of the original (top row) and the manipulated model (bottom row)
+    with the same seeds and save the grid (Fig. 2 / Fig. 5 style).
+
+    Args:
+        manipulated_path: file written by :func:`manipulate`.
+        model: original model name (default: the one stored in the file).
+        units: unit names (default: the first 10 units of the manipulated layer).
+        steps, image_size, seed: rendering settings.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        output: PNG path; a ``.json`` with the objective values is written beside it.
+    """
+    from lightning_fv.manipulation import load_manipulated
+    from lightning_fv.manipulation.io import read_manipulation_metadata
+    from lightning_fv.optvis.render import render_units
+    from lightning_fv.utils import save_grid
+
+    meta = read_manipulation_metadata(manipulated_path)
+    name = model or meta.get("base")
+    if not name:
+        raise ValueError("the file does not record its base model; pass model=")
+    dev = _device(device)
+    base = build_model(str(name)).eval()
+    new = load_manipulated(base, manipulated_path).to(dev)
+    base = base.to(dev)
+    if not units:
+        layer = meta["manipulations"][-1]["layer"]  # type: ignore[index]
+        units = [f"{layer}:{i}" for i in range(10)]
+    kw = dict(thresholds=(steps,), image_size=image_size, seed=seed, progress=True)
+    before = render_units(base, units, **kw)
+    after = render_units(new, units, **kw)
+    path = save_grid(torch.cat([before.final, after.final]), output, nrow=len(units))
+    Path(output).with_suffix(".json").write_text(json.dumps({
+        "units": list(units), "values_before": before.values[steps].tolist(),
+        "values_after": after.values[steps].tolist()}, indent=2))
+    return str(path)
+
+
+__all__ = ["manipulate", "render_comparison", "train_detector"]

@@ -1,0 +1,318 @@
+"""The visualization-detector data set of `dont-trust-your-eyes…` App. C.1.
+
+Natural images (label 1) against intermediate steps of feature-visualization
+trajectories (label 0): every unit is visualized ``trajectories_per_unit`` times (one seed
+each) and ``n_log_steps`` = 15 steps of each optimization are kept, sampled
+logarithmically (:func:`lightning_fv.optvis.render.log_spaced_steps`). The units of the
+training and the test split are disjoint (C.1: "we use different units for the two
+sets"), chosen by a seeded permutation. Natural images of the two splits are the
+disjoint train/val splits of the embedded data sets.
+
+Rendering is batched (:func:`lightning_fv.optvis.render.render_units`, many units and
+seeds per batch) and cached on disk as safetensors (float16) under a key that hashes every
+setting and the model's weights, so changing any of them renders anew.
+
+Optionally (``augment_fraction``) a fraction of the visualization images is passed through
+the rendering transforms (pad, jitter, scale, rotate) and resized back: during feature
+visualization the model, and hence the fooling-circuit gate, sees transformed images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_fv.data.embedded import digits, photo_patches
+from lightning_fv.optvis.hooks import list_layers, parse_unit
+from lightning_fv.optvis.render import log_spaced_steps, render_units
+from lightning_fv.optvis.transform import TransformChain, standard_transforms
+from lightning_fv.utils.rng import make_generator
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+NATURAL = {"photo_patches": photo_patches, "digits": digits}
+
+
+def layer_units(model: nn.Module, layers: Sequence[str], image_size: int,
+                max_per_layer: int | None = None) -> list[str]:
+    """All units ``"layer:i"`` of ``layers`` (the first ``max_per_layer`` of each if given)."""
+    shapes = {n: s for n, _, s in list_layers(model, (3, image_size, image_size))}
+    out = []
+    for layer in layers:
+        if layer not in shapes:
+            raise KeyError(f"layer {layer!r} not found; layers: {sorted(shapes)[:20]}")
+        n = shapes[layer][0]
+        n = n if max_per_layer is None else min(n, max_per_layer)
+        out += [f"{layer}:{i}" for i in range(n)]
+    return out
+
+
+def split_units(units: Sequence[str], test_fraction: float = 0.1,
+                seed: int = 0) -> tuple[list[str], list[str]]:
+    """Disjoint ``(train_units, test_units)``: a seeded permutation, the first
+    ``round(test_fraction·N)`` (at least 1) units are the test units; order kept."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if len(units) < 2:
+        raise ValueError(f"need at least 2 units to split, got {len(units)}")
+    if len(set(units)) != len(units):
+        raise ValueError("units contain duplicates")
+    perm = torch.randperm(len(units), generator=make_generator(seed)).tolist()
+    n_test = min(len(units) - 1, max(1, round(test_fraction * len(units))))
+    test = set(perm[:n_test])
+    return ([u for i, u in enumerate(units) if i not in test],
+            [u for i, u in enumerate(units) if i in test])
+
+
+def render_trajectories(model: nn.Module, units: Sequence[str], trajectories_per_unit: int = 1,
+                        steps: int = 64, n_log_steps: int = 15, image_size: int = 64,
+                        transforms: str | None = "standard", chunk_size: int = 64,
+                        seed: int = 0, progress: bool = False) -> Tensor:
+    """Log-sampled trajectory images ``(U·T·S, 3, H, W)`` in [0, 1] (App. C.1).
+
+    Unit ``u`` is rendered ``T = trajectories_per_unit`` times with seeds ``seed + t``;
+    ``S = n_log_steps`` steps of each ``steps``-step optimization are kept. Order: unit-major,
+    then trajectory, then step.
+    """
+    if trajectories_per_unit < 1:
+        raise ValueError(f"trajectories_per_unit must be >= 1, got {trajectories_per_unit}")
+    names = [str(parse_unit(u)) for u in units for _ in range(trajectories_per_unit)]
+    seeds = [seed + t for _ in units for t in range(trajectories_per_unit)]
+    res = render_units(model, names, chunk_size=chunk_size, seed=seeds, progress=progress,
+                       thresholds=(steps,), image_size=image_size,
+                       transforms="standard" if transforms == "standard" else None,
+                       record=log_spaced_steps(steps, n_log_steps), record_grads=False)
+    imgs = res.trajectory.images  # (S, N, 3, H, W)
+    return imgs.transpose(0, 1).reshape(-1, *imgs.shape[2:]).clamp(0, 1)
+
+
+def augment_like_rendering(images: Tensor, fraction: float, seed: int = 0) -> Tensor:
+    """Pass a random ``fraction`` of ``images`` through Lucent's standard transforms and
+    resize them back to their size (what the model sees during rendering)."""
+    if fraction <= 0:
+        return images
+    g = make_generator(seed)
+    pick = (torch.rand(images.shape[0], generator=g) < fraction).nonzero().flatten()
+    if pick.numel() == 0:
+        return images
+    chain = TransformChain(standard_transforms())
+    u = torch.rand(pick.numel(), chain.n_random, generator=g)
+    out = images.clone()
+    h, w = images.shape[-2:]
+    for s in range(0, pick.numel(), 512):
+        idx = pick[s:s + 512]
+        t = chain(images[idx].float(), u[s:s + 512])
+        t = F.interpolate(t, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+        out[idx] = t.clamp(0, 1).to(images.dtype)
+    return out
+
+
+def _model_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class TrajectoryDataModule(L.LightningDataModule):
+    """Natural images (label 1) vs. visualization trajectories (label 0), App. C.1.
+
+    Args:
+        model: a model name for :func:`lightning_fv.models.build_model`
+            (``"bundled:photo_patches"``, a torchvision/timm name) or an ``nn.Module``.
+        layers: layers whose units are visualized (ignored when ``units`` is given).
+        units: explicit unit names (``"fc:3"``).
+        max_units_per_layer: cap on units per layer.
+        natural: ``"photo_patches"`` or ``"digits"`` (embedded natural images).
+        n_natural_per_class: photo patches per class and split (train; val gets half).
+        image_size: side of natural images and visualizations.
+        trajectories_per_unit: optimization runs per unit (different seeds); C.1 uses 35.
+        steps: optimizer steps per run (C.1: 512).
+        n_log_steps: log-spaced steps kept per run (C.1: 15).
+        test_fraction: fraction of units held out for the test split (C.1: 10 %).
+        split_seed: seed of the unit split.
+        augment_fraction: fraction of visualizations passed through the render transforms.
+        transforms: ``"standard"`` or ``"none"`` during rendering.
+        chunk_size: units rendered per batch.
+        cache_dir: folder for the safetensors cache (``None``: no cache).
+        checkpoint_path: local weights for a named ``model``.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``.
+        batch_size, num_workers: loader settings.
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module = "bundled:photo_patches",
+        layers: list[str] | None = None,
+        units: list[str] | None = None,
+        max_units_per_layer: int | None = None,
+        natural: str = "photo_patches",
+        n_natural_per_class: int = 200,
+        image_size: int = 64,
+        trajectories_per_unit: int = 2,
+        steps: int = 64,
+        n_log_steps: int = 15,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        augment_fraction: float = 0.5,
+        transforms: str = "standard",
+        chunk_size: int = 64,
+        cache_dir: str | None = "outputs/cache/trajectories",
+        checkpoint_path: str | None = None,
+        device: str = "auto",
+        batch_size: int = 128,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if natural not in NATURAL:
+            raise ValueError(f"unknown natural data set {natural!r}; valid: {sorted(NATURAL)}")
+        if transforms not in ("standard", "none"):
+            raise ValueError(f"transforms must be 'standard' or 'none', got {transforms!r}")
+        self.model_spec = model
+        self.layers = list(layers or ["fc"])
+        self.units = list(units) if units else None
+        self.max_units_per_layer = max_units_per_layer
+        self.natural = natural
+        self.n_natural_per_class = n_natural_per_class
+        self.image_size = image_size
+        self.trajectories_per_unit = trajectories_per_unit
+        self.steps = steps
+        self.n_log_steps = n_log_steps
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.augment_fraction = augment_fraction
+        self.transforms = transforms
+        self.chunk_size = chunk_size
+        self.cache_dir = cache_dir
+        self.checkpoint_path = checkpoint_path
+        self.device = device
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+        self.cache_path: Path | None = None
+        self.loaded_from_cache = False
+
+    # -- building blocks ---------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        if isinstance(self.model_spec, nn.Module):
+            return self.model_spec
+        from lightning_fv.models import build_model
+
+        return build_model(self.model_spec, checkpoint_path=self.checkpoint_path)
+
+    def natural_images(self, split: str) -> Tensor:
+        """Natural images of ``split`` (``"train"``/``"val"``), ``(N, 3, H, W)``."""
+        if self.natural == "photo_patches":
+            n = self.n_natural_per_class
+            n = n if split == "train" else max(1, n // 2)
+            return photo_patches(split, n, self.image_size)[0]
+        return digits(split, self.image_size)[0]
+
+    def settings(self, model: nn.Module, units: Sequence[str]) -> dict[str, object]:
+        """Everything the cached visualizations depend on (hashed into the cache key)."""
+        return {
+            "version": CACHE_VERSION,
+            "model": _model_digest(model),
+            "units": list(units),
+            "image_size": self.image_size,
+            "trajectories_per_unit": self.trajectories_per_unit,
+            "steps": self.steps,
+            "n_log_steps": self.n_log_steps,
+            "test_fraction": self.test_fraction,
+            "split_seed": self.split_seed,
+            "augment_fraction": self.augment_fraction,
+            "transforms": self.transforms,
+        }
+
+    @staticmethod
+    def cache_key(settings: dict[str, object]) -> str:
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+
+    def visualizations(self) -> tuple[Tensor, Tensor, list[str], list[str]]:
+        """``(train_vis, test_vis, train_units, test_units)``, rendered or from the cache."""
+        model = self.build_model()
+        dev = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available()
+                           else ("cpu" if self.device == "auto" else self.device))
+        model = model.to(dev).eval()
+        units = self.units or layer_units(model, self.layers, self.image_size,
+                                          self.max_units_per_layer)
+        train_units, test_units = split_units(units, self.test_fraction, self.split_seed)
+        settings = self.settings(model, units)
+        key = self.cache_key(settings)
+        path = Path(self.cache_dir) / f"trajectories-{key}.safetensors" if self.cache_dir else None
+        self.cache_path = path
+        if path is not None and path.is_file():
+            from safetensors.torch import load_file
+
+            data = load_file(str(path))
+            self.loaded_from_cache = True
+            log.info("loaded visualization trajectories from %s", path)
+            return (data["train"].float(), data["test"].float(), train_units, test_units)
+        self.loaded_from_cache = False
+        parts = []
+        for k, us in enumerate((train_units, test_units)):
+            v = render_trajectories(model, us, self.trajectories_per_unit, self.steps,
+                                    self.n_log_steps, self.image_size,
+                                    None if self.transforms == "none" else "standard",
+                                    self.chunk_size, seed=0, progress=True)
+            parts.append(augment_like_rendering(v, self.augment_fraction, self.split_seed + k))
+        if path is not None:
+            from safetensors.torch import save_file
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"train": parts[0].half().contiguous(), "test": parts[1].half().contiguous()},
+                      str(path), metadata={"settings": json.dumps(settings)})
+            log.info("cached visualization trajectories in %s", path)
+            # the cache holds float16: use the same precision now as after a reload
+        return parts[0].half().float(), parts[1].half().float(), train_units, test_units
+
+    # -- LightningDataModule -----------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        vis_train, vis_test, self.train_units, self.test_units = self.visualizations()
+        nat_train, nat_test = self.natural_images("train"), self.natural_images("val")
+        self.vis_train, self.vis_test = vis_train, vis_test
+        self.natural_train, self.natural_test = nat_train, nat_test
+        self.train_set = _labelled(nat_train, vis_train)
+        self.test_set = _labelled(nat_test, vis_test)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
+                          generator=make_generator(self.split_seed), num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self.test_set, batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+def _labelled(natural: Tensor, vis: Tensor) -> TensorDataset:
+    x = torch.cat([natural.float(), vis.float()])
+    y = torch.cat([torch.ones(natural.shape[0], dtype=torch.long),
+                   torch.zeros(vis.shape[0], dtype=torch.long)])
+    return TensorDataset(x, y)
+
+
+__all__ = [
+    "TrajectoryDataModule",
+    "augment_like_rendering",
+    "layer_units",
+    "render_trajectories",
+    "split_units",
+]

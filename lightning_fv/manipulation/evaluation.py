@@ -1,0 +1,68 @@
+"""Measurements for the manipulation experiments (`dont-trust-your-eyes…` §2.1, §2.2).
+
+Pure tensor functions: similarity of visualizations (Fig. 5 "near-identical"), similarity
+of a visualization to an embedded image (Fig. 1), and whether a deceptive unit's
+visualization drives the original model's target unit ``D`` hardest (Fig. 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_fv.optvis.hooks import capture, preserved_state
+
+
+def image_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of paired images ``(N, C, H, W)`` (all pixels): ``(N,)``.
+    ``b`` is resized bilinearly to ``a``'s size if needed."""
+    if a.shape[-2:] != b.shape[-2:]:
+        b = nn.functional.interpolate(b, size=a.shape[-2:], mode="bilinear", antialias=True,
+                                      align_corners=False)
+    x = a.flatten(1).double()
+    y = b.flatten(1).double()
+    x = x - x.mean(1, keepdim=True)
+    y = y - y.mean(1, keepdim=True)
+    return ((x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)).clamp_min(1e-12)).float()
+
+
+def pairwise_similarity(images: Tensor) -> Tensor:
+    """Mean Pearson correlation over all pairs ``i < j`` of ``(N, C, H, W)`` images (a
+    scalar; 1 = identical up to brightness/contrast)."""
+    n = images.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 images, got {n}")
+    x = images.flatten(1).double()
+    x = x - x.mean(1, keepdim=True)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    sim = x @ x.T
+    iu = torch.triu_indices(n, n, 1)
+    return sim[iu[0], iu[1]].mean().float()
+
+
+@torch.no_grad()
+def layer_response(model: nn.Module, layer: str, images: Tensor, batch_size: int = 128) -> Tensor:
+    """Channel-mean activations ``(N, C)`` of ``layer`` (or ``(N, C)`` for a linear layer)."""
+    out = []
+    dev = next(model.parameters()).device
+    with preserved_state(model), capture(model, [layer], detach=True) as acts:
+        for s in range(0, images.shape[0], batch_size):
+            model(images[s:s + batch_size].to(dev))
+            a = acts[layer]
+            out.append((a.flatten(2).mean(2) if a.dim() > 2 else a).cpu())
+    return torch.cat(out)
+
+
+def target_hit_rate(response: Tensor, targets: Sequence[int],
+                    scale: Tensor | None = None) -> tuple[float, Tensor]:
+    """Fraction of visualizations whose (optionally ``scale``-normalized) response
+    ``(N, C)`` is maximal at the target unit ``targets[i]``; also the argmax ``(N,)``."""
+    r = response if scale is None else response / scale.clamp_min(1e-12)
+    arg = r.argmax(1)
+    t = torch.as_tensor(list(targets))
+    return float((arg == t).float().mean()), arg
+
+
+__all__ = ["image_correlation", "layer_response", "pairwise_similarity", "target_hit_rate"]

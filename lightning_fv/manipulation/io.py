@@ -1,0 +1,75 @@
+"""Save and load manipulated models as safetensors (weights + the list of manipulations
+in the metadata, so the structure is rebuilt on top of the original model)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_fv.manipulation.detector_net import DetectorCNN
+from lightning_fv.manipulation.fooling import GATE_NAME, FoolingLayer, _ensure_gate, _set_layer
+from lightning_fv.manipulation.silent import SilentUnits
+from lightning_fv.optvis.hooks import get_layer
+
+
+def save_manipulated(model: nn.Module, path: str | Path, base: str | None = None) -> Path:
+    """Write ``model``'s state dict and its ``fv_manipulations`` to ``path`` (safetensors).
+    ``base`` records how to build the original model (e.g. ``"bundled:photo_patches"``)."""
+    from safetensors.torch import save_file
+
+    specs = getattr(model, "fv_manipulations", None)
+    if not specs:
+        raise ValueError("model carries no manipulation (fv_manipulations is empty)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"manipulations": json.dumps(specs), "base": json.dumps(base)}
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def read_manipulation_metadata(path: str | Path) -> dict[str, object]:
+    """``{"manipulations": [...], "base": ...}`` stored by :func:`save_manipulated`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "manipulations" not in meta:
+        raise ValueError(f"{str(path)!r} is not a manipulated model (no 'manipulations' metadata)")
+    return {k: json.loads(v) for k, v in meta.items()}
+
+
+def load_manipulated(base_model: nn.Module, path: str | Path) -> nn.Module:
+    """Rebuild a model saved by :func:`save_manipulated` on a copy of ``base_model`` (the
+    original architecture) and load its weights strictly; returns it in eval mode."""
+    from lightning_fv.models import load_state_dict_file
+
+    meta = read_manipulation_metadata(path)
+    net = copy.deepcopy(base_model)
+    for spec in meta["manipulations"]:  # type: ignore[union-attr]
+        if spec["kind"] == "fooling":
+            det = None if hasattr(net, GATE_NAME) else DetectorCNN(spec["detector_image_size"])
+            gate = _ensure_gate(net, det, spec["threshold"])
+            layer = get_layer(net, spec["layer"])
+            n = spec["units"]
+            new = FoolingLayer(layer, gate, torch.arange(n), torch.zeros(n, dtype=torch.bool),
+                               torch.zeros(spec["embedded"]), 1.0, spec["mode"])
+            _set_layer(net, spec["layer"], new)
+        elif spec["kind"] == "silent":
+            conv = get_layer(net, spec["conv"])
+            bn = get_layer(net, spec["bn"])
+            _set_layer(net, spec["conv"], SilentUnits(conv, bn, torch.zeros_like(conv.weight),
+                                                      torch.zeros(conv.out_channels)))
+            _set_layer(net, spec["bn"], nn.Identity())
+        else:
+            raise ValueError(f"unknown manipulation kind {spec['kind']!r}")
+    net.load_state_dict(load_state_dict_file(path), strict=True)
+    net.fv_manipulations = list(meta["manipulations"])  # type: ignore[arg-type]
+    return net.eval()
+
+
+__all__ = ["load_manipulated", "read_manipulation_metadata", "save_manipulated"]

@@ -1,0 +1,122 @@
+"""Silent units (`dont-trust-your-eyes…` §2.2 Eq. 1–2, App. D)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_fv.manipulation import (
+    SilentUnits,
+    load_manipulated,
+    natural_change,
+    orthogonal_perturbation,
+    pattern_from_unit,
+    save_manipulated,
+    silence_block,
+)
+from lightning_fv.models import SmallCNN
+
+
+@pytest.fixture
+def net() -> SmallCNN:
+    torch.manual_seed(0)
+    return SmallCNN(num_classes=5, widths=(4, 6, 8, 8)).eval()
+
+
+def _data(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_perturbation_is_orthogonal_to_every_filter_to_1e6() -> None:
+    theta = torch.randn(32, 16, 3, 3, generator=torch.Generator().manual_seed(0))
+    for pattern in (torch.randn(16, 3, 3), theta[5] + 0.1, torch.randn(32, 16, 3, 3)):
+        perp = orthogonal_perturbation(theta, pattern)
+        cos = (perp.flatten(1) * theta.flatten(1)).sum(1) / (
+            perp.flatten(1).norm(dim=1) * theta.flatten(1).norm(dim=1))
+        assert cos.abs().max() < 1e-6
+        torch.testing.assert_close(perp.flatten(1).norm(dim=1), theta.flatten(1).norm(dim=1))
+    with pytest.raises(ValueError, match="parallel"):
+        orthogonal_perturbation(theta, theta[5])
+    zeroed = orthogonal_perturbation(theta, theta[5], on_parallel="zero")
+    assert zeroed[5].abs().max() == 0 and zeroed[4].abs().max() > 0
+
+
+def test_max_bias_keeps_natural_outputs_exactly_and_accuracy_unchanged(net: SmallCNN) -> None:
+    natural = _data(64, 1)
+    silent = silence_block(net, "block2", natural, pattern=pattern_from_unit(net.block2.conv, 0),
+                           beta=4.0)
+    assert isinstance(silent.block2.conv, SilentUnits)
+    with torch.no_grad():
+        assert torch.equal(silent.block2(net.pool1(net.block1(net.normalize(natural)))),
+                           net.block2(net.pool1(net.block1(net.normalize(natural)))))
+        assert torch.equal(silent(natural), net(natural))
+        val = _data(64, 2)
+        labels = net(val).argmax(1)  # accuracy of the original on these labels is 1
+        assert torch.equal(silent(val).argmax(1), labels)
+    assert natural_change(silent, natural)["block2.conv/active_fraction"] == 0.0
+
+
+def test_silent_units_switch_on_for_strong_activations(net: SmallCNN) -> None:
+    natural = _data(32, 1)
+    silent = silence_block(net, "block1", natural, beta=4.0)
+    strong = torch.rand(4, 3, 16, 16) * 40 - 20  # far outside natural images
+    with torch.no_grad():
+        assert not torch.equal(silent.block1(strong), net.block1(strong))
+
+
+def test_percentile_bias_reports_the_change(net: SmallCNN) -> None:
+    natural = _data(100, 1)
+    silent = silence_block(net, "block3", natural, beta=4.0, bias="percentile", percentile=90)
+    change = natural_change(silent, natural)
+    assert 0.0 < change["block3.conv/active_fraction"] <= 0.2
+    assert change["block3.conv/max_delta"] > 0
+
+
+def test_torchvision_resnet_blocks_keep_natural_outputs_and_refuse_the_last_conv() -> None:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    x = torch.rand(6, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    for block, ok, bad in ((BasicBlock(16, 16), ["conv1"], "conv2"),
+                           (Bottleneck(16, 4), ["conv1", "conv2"], "conv3")):
+        model = torch.nn.Sequential(block).eval()
+        for name in ok:
+            silent = silence_block(model, f"0.{name}", x)
+            with torch.no_grad():
+                assert torch.equal(silent(x), model(x))
+        with pytest.raises(ValueError, match="residual"):
+            silence_block(model, f"0.{bad}", x)
+
+
+@pytest.mark.slow
+def test_full_torchvision_and_timm_resnets() -> None:
+    import timm
+    import torchvision
+
+    x = _data(4, 3)
+    for model, ok, bad in (
+        (torchvision.models.resnet18(num_classes=4), "layer2.0.conv1", "layer2.0.conv2"),
+        (timm.create_model("resnet18", num_classes=4), "layer1.1.conv1", "layer1.1.conv2"),
+    ):
+        model.eval()
+        silent = silence_block(model, ok, x)
+        with torch.no_grad():
+            assert torch.equal(silent(x), model(x))
+        with pytest.raises(ValueError, match="residual"):
+            silence_block(model, bad, x)
+
+
+def test_bad_layer_and_bias_are_named(net: SmallCNN) -> None:
+    with pytest.raises(ValueError, match="'median'"):
+        silence_block(net, "block1", _data(4, 0), bias="median")
+    with pytest.raises(ValueError, match="Linear"):
+        silence_block(net, "fc", _data(4, 0))
+
+
+def test_silent_model_saves_and_reloads(net: SmallCNN, tmp_path) -> None:
+    x = _data(16, 1)
+    silent = silence_block(net, "block2", x, beta=3.0)
+    again = load_manipulated(net, save_manipulated(silent, tmp_path / "s.safetensors"))
+    strong = torch.rand(4, 3, 16, 16) * 40 - 20
+    with torch.no_grad():
+        assert torch.equal(again(strong), silent(strong))
