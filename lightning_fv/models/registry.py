@@ -56,7 +56,8 @@ def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
 
 
-def save_small_cnn(model: SmallCNN, path: str | Path, extra: dict[str, object] | None = None) -> None:
+def save_small_cnn(model: SmallCNN, path: str | Path,
+                   extra: dict[str, object] | None = None) -> None:
     """Save a :class:`SmallCNN` as safetensors with its config in the metadata."""
     from safetensors.torch import save_file
 

@@ -2,7 +2,8 @@
 
 Input: ``(B, 3, H, W)`` RGB in [0, 1] (normalization is a module inside the model, so
 feature visualization needs no extra preprocessing). Layers, by name:
-``block1 … block4`` (each ``conv → bn → relu``, with 2×2 max pooling ``pool1 … pool3`` after blocks 1–3),
+``block1 … block4`` (each ``conv → bn → relu``, with 2×2 max pooling ``pool1 … pool3``
+after blocks 1–3),
 ``pool`` (global average), ``fc`` (logits).
 """
 

@@ -129,7 +129,8 @@ def capture(model: nn.Module, layers: Sequence[str], detach: bool = False) -> It
 
 
 @contextmanager
-def preserved_state(model: nn.Module, frozen: bool = True, eval_mode: bool = True) -> Iterator[nn.Module]:
+def preserved_state(model: nn.Module, frozen: bool = True,
+                    eval_mode: bool = True) -> Iterator[nn.Module]:
     """Temporarily put ``model`` in eval mode with frozen parameters; restore it exactly.
 
     On exit (also on exceptions) the ``training`` flag of every sub-module, every

@@ -46,7 +46,8 @@ class Objective:
     def __call__(self, acts: dict[str, Tensor]) -> Tensor:
         out = self.fn(acts)
         if out.dim() != 1:
-            raise ValueError(f"objective {self.name} must return (B,) values, got {tuple(out.shape)}")
+            raise ValueError(f"objective {self.name} must return (B,) values, "
+                             f"got {tuple(out.shape)}")
         return out
 
     @property
@@ -360,7 +361,7 @@ def units_objective(units: Sequence[str | Unit]) -> Objective:
                 for _, rows, idx, pos in plan
             ]
         out = torch.empty(b, device=device, dtype=torch.float32)
-        for (layer, rows, idx, pos), tensors in zip(plan, cache[device]):
+        for (layer, _rows, idx, pos), tensors in zip(plan, cache[device]):
             act = a[layer]
             if act.shape[0] != b:
                 raise ValueError(f"batch of {act.shape[0]} images for {b} units")

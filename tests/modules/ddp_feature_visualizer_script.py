@@ -5,8 +5,8 @@ import sys
 import lightning as L
 import torch
 
-from lightning_fv.modules import FeatureVisualizer
 from lightning_fv.models import SmallCNN
+from lightning_fv.modules import FeatureVisualizer
 
 
 def main(out: str, devices: int) -> None:

@@ -16,7 +16,8 @@ def test_channel_neuron_and_batched_units():
     acts = {"l": a}
     assert torch.equal(obj.channel("l", 1)(acts), a[:, 1].mean((-1, -2)))
     assert torch.equal(obj.neuron("l", 2)(acts), a[:, 2, 2, 2])
-    assert torch.equal(obj.channel("l", [2, 0])(acts), torch.stack([a[0, 2].mean(), a[1, 0].mean()]))
+    two = torch.stack([a[0, 2].mean(), a[1, 0].mean()])
+    assert torch.equal(obj.channel("l", [2, 0])(acts), two)
     u = obj.units_objective(["l:1", "l:0@1,3"])
     assert torch.equal(u(acts), torch.stack([a[0, 1].mean(), a[1, 0, 1, 3]]))
 
