@@ -167,3 +167,11 @@ def test_channels_last_gives_the_same_images_and_restores_weights(tiny_net):
     b = render(tiny_net, "conv2:3", thresholds=(3,), image_size=12, channels_last=True)
     assert torch.allclose(a.final, b.final, atol=1e-5)
     assert tiny_net.conv1.weight.is_contiguous()
+
+
+@pytest.mark.slow
+def test_compiled_model_renders_the_same_images_on_cpu(tiny_net):
+    a = render(tiny_net, "conv2:3", thresholds=(3,), image_size=12)
+    b = render(tiny_net, "conv2:3", thresholds=(3,), image_size=12, compile=True)
+    assert (a.final - b.final).abs().max() < 1e-3
+    assert all(not m._forward_hooks for m in tiny_net.modules())
