@@ -149,4 +149,6 @@ def test_ddp_spawn_training_checkpoints_stats_and_ema(tmp_path):
     tr.save_checkpoint(ckpt)
     m2 = LatentDiffusionModule.load_from_checkpoint(ckpt, weights_only=False)
     assert bool(m2.stats_ready) and float(m2.normalizer.std) > 0
-    assert not torch.equal(m2.model.blocks[0].attn.qkv.weight, m2.ema.blocks[0].attn.qkv.weight)
+    # adaLN-Zero gates start at 0, so not every weight moves in 2 steps: compare them all
+    pairs = zip(m2.model.state_dict().values(), m2.ema.state_dict().values())
+    assert any(not torch.equal(a, b) for a, b in pairs)
