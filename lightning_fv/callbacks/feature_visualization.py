@@ -19,6 +19,7 @@ from lightning_fv.callbacks._logging import (
     shard,
     unshard,
 )
+from lightning_fv.callbacks._scheduled import ScheduledCallback
 from lightning_fv.optvis.hooks import get_layer, parse_unit
 from lightning_fv.optvis.render import render_units
 from lightning_fv.utils.images import image_grid
@@ -26,7 +27,7 @@ from lightning_fv.utils.images import image_grid
 log = logging.getLogger(__name__)
 
 
-class FeatureVisualizationCallback(L.Callback):
+class FeatureVisualizationCallback(ScheduledCallback):
     """Render ``units`` every ``every_n_epochs`` validation epochs and/or at the end of
     fit, and log one image grid per layer (``<log_prefix>/<layer>``) plus the final
     objective value of every unit (``<log_prefix>/value/<unit>``).
@@ -90,16 +91,6 @@ class FeatureVisualizationCallback(L.Callback):
                 get_layer(net, parse_unit(u).layer)
             except KeyError as err:
                 raise KeyError(f"{type(self).__name__}: unit {u!r}: {err.args[0]}") from None
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs == 0:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.run(trainer, pl_module, tag="epoch")
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_fit_end:
-            self.run(trainer, pl_module, tag="fit_end")
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str = "manual"
             ) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from lightning_fv.callbacks._logging import (
     select_module,
     shard,
 )
+from lightning_fv.callbacks._scheduled import ScheduledCallback
 from lightning_fv.diffusion.invariant import (
     OBJECTIVES,
     invariant_set_sample,
@@ -29,7 +30,7 @@ from lightning_fv.modules.invariant_sampler import invariant_metrics
 from lightning_fv.utils.images import image_grid
 
 
-class InvariantSetCallback(L.Callback):
+class InvariantSetCallback(ScheduledCallback):
     """Generate invariant-set samples (thesis App. .1, Alg. 1) of the first ``num_queries``
     validation images every ``every_n_epochs`` validation epochs and/or at the end of fit,
     and log one grid (a row per query: the query, then its samples) under
@@ -88,7 +89,7 @@ class InvariantSetCallback(L.Callback):
         self.log_prefix = log_prefix
         self.history: list[dict[str, Any]] = []
         self.last_images: torch.Tensor | None = None
-        self._buffer = ImageBuffer(num_queries)
+        self.buffer = ImageBuffer(num_queries)
         self._pipeline: nn.Module | None = None
 
     @property
@@ -115,31 +116,10 @@ class InvariantSetCallback(L.Callback):
             for u in self.units or []:
                 get_layer(net, parse_unit(u).layer)
 
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule
-                                  ) -> None:
-        if not trainer.sanity_checking:
-            self._buffer.reset()
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                                outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
-        if not trainer.sanity_checking and dataloader_idx == 0:
-            self._buffer.add(batch)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs == 0:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.run(trainer, pl_module, tag="epoch")
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_fit_end:
-            self.run(trainer, pl_module, tag="fit_end")
-
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str = "manual"
             ) -> dict[str, Any] | None:
         """Sample this rank's share of the queries, gather, log on rank zero."""
-        x, y = self._buffer.gathered(trainer)
+        x, y = self.buffer.gathered(trainer)
         if x.numel() == 0:
             rank_zero_warn(f"{type(self).__name__}: no validation images collected; "
                            "run validation before (or during) fit to get invariant sets")

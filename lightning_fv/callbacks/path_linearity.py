@@ -19,10 +19,11 @@ from lightning_fv.callbacks._logging import (
     select_module,
     shard,
 )
+from lightning_fv.callbacks._scheduled import ScheduledCallback
 from lightning_fv.optvis.hooks import get_layer, parse_unit
 
 
-class PathLinearityCallback(L.Callback):
+class PathLinearityCallback(ScheduledCallback):
     """Path linearity (`dont-trust-your-eyes…` §5, App. C.4, Eq. 12–18) of ``units``.
 
     For each unit the ``num_images`` most activating validation images (of the first
@@ -83,26 +84,6 @@ class PathLinearityCallback(L.Callback):
                 get_layer(net, parse_unit(u).layer)
             except KeyError as err:
                 raise KeyError(f"{type(self).__name__}: unit {u!r}: {err.args[0]}") from None
-
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule
-                                  ) -> None:
-        self.buffer.reset()
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                                outputs: Any, batch: Any, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
-        if not trainer.sanity_checking and dataloader_idx == 0:
-            self.buffer.add(batch)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs == 0:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.run(trainer, pl_module)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_fit_end and self.buffer.count:
-            self.run(trainer, pl_module, tag="fit_end")
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str = "epoch"
             ) -> dict[str, Any]:
