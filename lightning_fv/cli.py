@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 COMMANDS: dict[str, str] = {
@@ -44,8 +43,10 @@ def _available_commands() -> dict[str, str]:
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lightning-fv``."""
     argv = list(sys.argv[1:] if args is None else args)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if argv and argv[0] in COMMANDS:
+        from lightning_fv.utils.console import enable_console_logging
+
+        enable_console_logging()
         from jsonargparse import CLI
 
         fn = _load(COMMANDS[argv[0]])

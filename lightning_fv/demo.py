@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lightning_fv.commands.render import render
+from lightning_fv.utils.console import enable_console_logging
 
 log = logging.getLogger("lightning_fv.demo")
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--skip-training", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    enable_console_logging()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
     t0 = time.time()
@@ -39,15 +40,15 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps,
         output_dir=str(out / "render"),
     )
-    print(f"\nRendered 58 units of the bundled model in {time.time() - t0:.0f} s:")
+    log.info("\nRendered 58 units of the bundled model in %.0f s:", time.time() - t0)
     for p in paths:
-        print(f"  {p}")
+        log.info("  %s", p)
     if args.skip_training:
         return
     try:
         from lightning_fv.commands.demo_training import run_training_demo
     except ImportError as err:  # the training demo ships with the analysis callbacks
-        print(f"\n(training demo unavailable: {err})")
+        log.info("\n(training demo unavailable: %s)", err)
         return
     run_training_demo(out_dir=str(out), epochs=args.epochs)
 

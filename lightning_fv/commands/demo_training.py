@@ -3,6 +3,7 @@ patches with the three analysis callbacks attached, logging to TensorBoard and C
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -79,7 +80,7 @@ def run_training_demo(out_dir: str = "outputs/demo", epochs: int = 3,
         "tensorboard_dir": loggers[0].log_dir, "csv_dir": loggers[1].log_dir,
         "seconds": time.time() - t0,
     }
-    print(format_table(result))
+    logging.getLogger(__name__).info("%s", format_table(result))
     return result
 
 

@@ -18,6 +18,7 @@ vector (:func:`layer_tokens`).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_fv.optvis.hooks import capture, preserved_state
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TopKSAE", "layer_tokens", "load_sae", "save_sae", "train_sae"]
 
@@ -135,7 +138,7 @@ def train_sae(
             opt.step()
             sae.normalize_decoder()
             if log_every and (step + 1) % log_every == 0:
-                print(f"sae step {step + 1}: mse {loss.item():.4g}")
+                log.info("sae step %d: mse %.4g", step + 1, loss.item())
     sae.eval()
     with torch.no_grad():
         rec, _ = sae(acts)
