@@ -1,4 +1,4 @@
-"""The schedule shared by the analysis callbacks (one implementation, four callbacks)."""
+"""The schedule, state and unit checks shared by the analysis callbacks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import lightning as L
 
-from lightning_fv.callbacks._logging import ImageBuffer
+from lightning_fv.callbacks._logging import ImageBuffer, select_module
+from lightning_fv.optvis.hooks import get_layer, parse_unit
 
 
 class ScheduledCallback(L.Callback):
@@ -22,6 +23,30 @@ class ScheduledCallback(L.Callback):
     every_n_epochs: int = 1
     at_fit_end: bool = False
     buffer: ImageBuffer | None = None
+    log_prefix: str = ""
+    seed: int = 0
+    history: list[dict[str, Any]]
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(log_prefix=self.log_prefix)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The seed and the metric history survive a checkpoint resume."""
+        return {"seed": self.seed, "history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seed = int(state_dict.get("seed", self.seed))
+        self.history = list(state_dict.get("history", []))
+
+    def check_units(self, pl_module: L.LightningModule, units: list[str], module: str) -> None:
+        """Fail at ``setup`` (not after an epoch) when a unit's layer does not exist."""
+        net = select_module(pl_module, module)
+        for u in units:
+            try:
+                get_layer(net, parse_unit(u).layer)
+            except KeyError as err:
+                raise KeyError(f"{type(self).__name__}: unit {u!r}: {err.args[0]}") from None
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str = "epoch"
             ) -> Any:

@@ -20,7 +20,7 @@ from lightning_fv.callbacks._logging import (
     unshard,
 )
 from lightning_fv.callbacks._scheduled import ScheduledCallback
-from lightning_fv.optvis.hooks import get_layer, parse_unit
+from lightning_fv.optvis.hooks import parse_unit
 from lightning_fv.optvis.render import render_units
 from lightning_fv.utils.images import image_grid
 
@@ -80,17 +80,8 @@ class FeatureVisualizationCallback(ScheduledCallback):
         self.history: list[dict[str, Any]] = []
         self.last_images: torch.Tensor | None = None
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(log_prefix=self.log_prefix)
-
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        net = select_module(pl_module, self.module)
-        for u in self.units:
-            try:
-                get_layer(net, parse_unit(u).layer)
-            except KeyError as err:
-                raise KeyError(f"{type(self).__name__}: unit {u!r}: {err.args[0]}") from None
+        self.check_units(pl_module, self.units, self.module)
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str = "manual"
             ) -> dict[str, Any]:
@@ -144,7 +135,3 @@ class FeatureVisualizationCallback(ScheduledCallback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "units": list(self.units), "history": list(self.history)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.seed = int(state_dict.get("seed", self.seed))
-        self.history = list(state_dict.get("history", []))

@@ -92,10 +92,6 @@ class InvariantSetCallback(ScheduledCallback):
         self.buffer = ImageBuffer(num_queries)
         self._pipeline: nn.Module | None = None
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(log_prefix=self.log_prefix)
-
     def _get_pipeline(self, device: torch.device) -> nn.Module:
         if self._pipeline is None:
             src = self.pipeline_source
@@ -182,10 +178,3 @@ class InvariantSetCallback(ScheduledCallback):
         rank_zero_info(f"{type(self).__name__}: {x.shape[0]} invariant set(s) in "
                        f"{time.time() - t0:.1f} s")
         return entry
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "history": list(self.history)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.seed = int(state_dict.get("seed", self.seed))
-        self.history = list(state_dict.get("history", []))

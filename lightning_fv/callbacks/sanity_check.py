@@ -105,10 +105,6 @@ class SanityCheckCallback(ScheduledCallback):
         self.history: list[dict[str, Any]] = []
         self.last_result: SanityCheckResult | None = None
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(log_prefix=self.log_prefix)
-
     def _units(self, pl_module: L.LightningModule) -> list[str]:
         if self.class_units:
             return self.class_units
@@ -211,10 +207,3 @@ class SanityCheckCallback(ScheduledCallback):
                        f"{result.n_natural} natural images, {vis.shape[0]} visualizations "
                        f"({time.time() - t0:.1f} s)")
         return result
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "history": list(self.history)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.seed = int(state_dict.get("seed", self.seed))
-        self.history = list(state_dict.get("history", []))
