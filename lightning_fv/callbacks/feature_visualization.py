@@ -52,12 +52,20 @@ class FeatureVisualizationCallback(ScheduledCallback):
         transforms: ``"standard"`` or ``"none"``.
         progress: show a progress bar while rendering.
         log_prefix: tag prefix.
+        detector: path of a visualization detector saved by
+            :func:`lightning_fv.modules.detector.save_detector` (App. C.1, Table 3; loaded
+            with safetensors / ``weights_only``). Rank zero then scores every rendered image
+            and logs ``<log_prefix>/detector/p_natural/<unit>`` (the detector's probability
+            that the image is natural) and ``<log_prefix>/detector/vis_fraction`` (the
+            fraction it calls visualizations) — e.g. to see whether a fooling gate would
+            fire on these renders.
     """
 
     def __init__(self, units: list[str], module: str = "", every_n_epochs: int = 1,
                  at_fit_end: bool = True, image_size: int = 64, steps: int = 128,
                  seed: int = 0, chunk_size: int = 64, transforms: str = "standard",
-                 progress: bool = False, log_prefix: str = "fv") -> None:
+                 progress: bool = False, log_prefix: str = "fv",
+                 detector: str | None = None) -> None:
         super().__init__()
         if not units:
             raise ValueError("FeatureVisualizationCallback needs at least one unit")
@@ -77,11 +85,25 @@ class FeatureVisualizationCallback(ScheduledCallback):
         self.transforms = transforms
         self.progress = progress
         self.log_prefix = log_prefix
+        self.detector = detector
+        self._detector_net: torch.nn.Module | None = None
         self.history: list[dict[str, Any]] = []
         self.last_images: torch.Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.check_units(pl_module, self.units, self.module)
+        if self.detector is not None and self._detector_net is None:
+            from lightning_fv.modules.detector import load_detector
+
+            self._detector_net = load_detector(self.detector).eval()
+
+    @torch.no_grad()
+    def detector_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` probability that each image ``(N, 3, H, W)`` is natural, from ``detector``."""
+        if self._detector_net is None:
+            raise RuntimeError("no detector: pass detector=<path> to FeatureVisualizationCallback")
+        logits = self._detector_net.resized(images.float().cpu())
+        return torch.sigmoid(logits.flatten())
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str = "manual"
             ) -> dict[str, Any]:
@@ -128,6 +150,14 @@ class FeatureVisualizationCallback(ScheduledCallback):
                     log_image(trainer, f"{self.log_prefix}/{layer}", image_grid(images[idx]))
                 log_scalars(trainer, {f"{self.log_prefix}/value/{u}": v
                                       for u, v in entry["values"].items()})
+                if self._detector_net is not None:
+                    p = self.detector_scores(images)
+                    entry["detector_p_natural"] = {u: float(v) for u, v in zip(units, p)}
+                    scalars = {f"{self.log_prefix}/detector/p_natural/{u}": float(v)
+                               for u, v in zip(units, p)}
+                    scalars[f"{self.log_prefix}/detector/vis_fraction"] = float(
+                        (p < 0.5).float().mean())
+                    log_scalars(trainer, scalars)
         self.history.append(entry)
         rank_zero_info(f"{type(self).__name__}: rendered {len(units)} unit(s) in "
                        f"{time.time() - t0:.1f} s")

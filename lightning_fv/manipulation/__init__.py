@@ -11,6 +11,8 @@ from lightning_fv.manipulation.evaluation import (
     layer_response,
     pairwise_similarity,
     target_hit_rate,
+    texture_descriptors,
+    texture_similarity,
 )
 from lightning_fv.manipulation.fooling import (
     FoolingLayer,
@@ -66,4 +68,6 @@ __all__ = [
     "shifted_permutation",
     "silence_block",
     "target_hit_rate",
+    "texture_descriptors",
+    "texture_similarity",
 ]

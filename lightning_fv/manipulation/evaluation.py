@@ -43,6 +43,50 @@ def pairwise_similarity(images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def texture_descriptors(model: nn.Module, images: Tensor,
+                        layers: Sequence[str] = ("block1", "block2"),
+                        batch_size: int = 128) -> Tensor:
+    """Per-image texture statistics ``(N, D)``: the spatial mean and standard deviation of
+    every channel of ``layers`` (Gatys-style first and second moments, as in AdaIN), in
+    float64. Position-free, so two renders of one texture at different phases match."""
+    out = []
+    dev = next(model.parameters()).device
+    with preserved_state(model), capture(model, list(layers), detach=True) as acts:
+        for s in range(0, images.shape[0], batch_size):
+            model(images[s:s + batch_size].to(dev))
+            parts = []
+            for name in layers:
+                f = acts[name].double().flatten(2)
+                parts += [f.mean(2), f.std(2, unbiased=False)]
+            out.append(torch.cat(parts, 1).cpu())
+    return torch.cat(out)
+
+
+def texture_similarity(model: nn.Module, images: Tensor, natural: Tensor,
+                       layers: Sequence[str] = ("block1", "block2")) -> Tensor:
+    """Mean pairwise similarity of ``(N, 3, H, W)`` images as textures (a scalar in [−1, 1]).
+
+    Feature visualizations of one unit from different seeds show the same pattern at
+    different positions, which pixel correlation (:func:`pairwise_similarity`) scores near 0.
+    Here each image is described by :func:`texture_descriptors` of a fixed reference model's
+    early ``layers``; every statistic is standardized with its mean and standard deviation over
+    ``natural`` images, and the score is the mean Pearson correlation of the standardized
+    descriptors over all pairs ``i < j``. Random pairs of natural images score ≈ 0; renders
+    of one unit from different seeds ≈ 1. Use the *original* model (or any model whose
+    ``layers`` the manipulation does not touch) as the reference.
+    """
+    if images.shape[0] < 2:
+        raise ValueError(f"need at least 2 images, got {images.shape[0]}")
+    ref = texture_descriptors(model, natural, layers)
+    d = (texture_descriptors(model, images, layers) - ref.mean(0)) / ref.std(0).clamp_min(1e-8)
+    d = d - d.mean(1, keepdim=True)
+    d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    sim = d @ d.T
+    iu = torch.triu_indices(len(d), len(d), 1)
+    return sim[iu[0], iu[1]].mean().float()
+
+
+@torch.no_grad()
 def layer_response(model: nn.Module, layer: str, images: Tensor, batch_size: int = 128) -> Tensor:
     """Channel-mean activations ``(N, C)`` of ``layer`` (or ``(N, C)`` for a linear layer)."""
     out = []
@@ -65,4 +109,11 @@ def target_hit_rate(response: Tensor, targets: Sequence[int],
     return float((arg == t).float().mean()), arg
 
 
-__all__ = ["image_correlation", "layer_response", "pairwise_similarity", "target_hit_rate"]
+__all__ = [
+    "image_correlation",
+    "layer_response",
+    "pairwise_similarity",
+    "target_hit_rate",
+    "texture_descriptors",
+    "texture_similarity",
+]

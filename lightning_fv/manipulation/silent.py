@@ -14,12 +14,21 @@ Bias (per output channel ``c``), from natural images ``X``:
 
 - ``"max"`` (§2.2): ``b_c = −(m_c + margin·|m_c|)`` with ``m_c = max_{x∈X, positions}
   Conv(x, Θ̄_c)``. Then ``Conv(x, Θ̄) + b ≤ 0`` on every image of ``X``, so ``ȳ = y`` bit for bit
-  on them. (The paper writes ``b = −(α/β)·ȳ_max,nat``; we subtract the maximum of the
-  constructed filter's own response, which is what makes the guarantee hold; ``margin``
-  absorbs the last-bit differences between batched convolutions.)
+  on them. (The paper writes ``b = −(α/β)·ȳ_max,nat``; like the authors' released notebook we
+  subtract the maximum of the constructed filter's own natural response, which is what makes
+  the guarantee hold; ``margin`` absorbs the last-bit differences between batched
+  convolutions.)
 - ``"percentile"`` (App. D, robust models): ``b_c = −q``-th percentile (default 99) of the
   per-image maxima of ``Conv(x, Θ̄_c)``; some natural images then activate ``Δy`` and the
   change is measured by :func:`natural_change`.
+
+Target pattern: a whole layer becomes near-identical when every unit shares one pattern. The
+authors' code takes a feature visualization of one unit of the layer as the target image and
+uses the filter that image activates most in the conv's input features
+(:func:`pattern_from_image`, ``region="mean"``); :func:`pattern_from_unit` and
+:func:`random_pattern` are alternatives. ``Δy`` can only switch on for a unit whose
+visualization exceeds the natural maximum of ``Conv(x, Θ̄)`` somewhere; units whose
+visualizations stay in the natural range keep their original visualization (App. D).
 
 Supported blocks: the bundled :class:`~lightning_fv.models.ConvBlock` (``conv → bn → relu``)
 and the non-final convolutions of torchvision/timm ResNet ``BasicBlock``/``Bottleneck``
@@ -64,10 +73,14 @@ class SilentUnits(nn.Module):
             self.delta.weight.copy_(theta_bar)
             self.delta.bias.copy_(bias)
         self.delta.requires_grad_(False)
+        # A module, like the block's own ReLU, so that feature visualization treats ``y``
+        # exactly as in the original model (e.g. redirected ReLU gradients). The ReLU of
+        # ``Δy`` stays functional: no FV heuristic can open the silent branch artificially.
+        self.relu = nn.ReLU()
 
     def original(self, x: Tensor) -> Tensor:
         """``y = ReLU(BN(Conv(x, Θ)))`` (Eq. 1)."""
-        return torch.relu(self.bn(self.conv(x)))
+        return self.relu(self.bn(self.conv(x)))
 
     def forward(self, x: Tensor) -> Tensor:
         """``ȳ`` ``(B, C_out, H', W')``."""
@@ -145,12 +158,32 @@ def conv_inputs(model: nn.Module, conv_name: str, images: Tensor,
     return got
 
 
-def pattern_from_image(model: nn.Module, conv_name: str, image: Tensor) -> Tensor:
-    """A shared target pattern from an image ``(3, H, W)``: the centre ``kh × kw`` patch of
-    the input of ``conv_name`` for that image (a matched filter for its features there)."""
+def pattern_from_image(model: nn.Module, conv_name: str, image: Tensor,
+                       region: str = "mean") -> Tensor:
+    """A shared target pattern ``(C_in, kh, kw)`` from an image ``(3, H, W)``, in the feature
+    space of the input of ``conv_name``.
+
+    Args:
+        region: ``"mean"`` (default): the mean ``kh × kw`` patch over all positions of the
+            image's features. Among filters of a given norm it is the one whose response
+            summed over the image's positions is largest (the sum is ``⟨w, Σ patches⟩``,
+            maximal along ``Σ patches``): the fixed point of the gradient ascent the
+            authors' code runs to find the filter ``ΔΘ`` a target image activates most.
+            ``"centre"``: the centre patch only (a matched filter for one location).
+    """
+    if region not in ("mean", "centre"):
+        raise ValueError(f"region must be 'mean' or 'centre', got {region!r}")
     conv = get_layer(model, conv_name)
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"{conv_name!r} is a {type(conv).__name__}, not a Conv2d")
+    if image.dim() != 3:
+        raise ValueError(f"expected one image (3, H, W), got shape {tuple(image.shape)}")
     x = conv_inputs(model, conv_name, image[None])[0][0]
     kh, kw = conv.kernel_size
+    if region == "mean":
+        patches = nn.functional.unfold(x[None], (kh, kw), dilation=conv.dilation,
+                                       padding=conv.padding, stride=conv.stride)
+        return patches.mean(2)[0].view(x.shape[0], kh, kw).clone()
     h, w = x.shape[-2:]
     r, c = (h - kh) // 2, (w - kw) // 2
     return x[:, r:r + kh, c:c + kw].clone()
@@ -222,8 +255,8 @@ def silence_block(
     layer: str,
     natural: Tensor,
     pattern: Tensor | None = None,
-    alpha: float = 1.0,
-    beta: float = 2.0,
+    alpha: float = 100.0,
+    beta: float = 300.0,
     bias: str = "max",
     percentile: float = 99.0,
     margin: float = 1e-3,
@@ -243,7 +276,10 @@ def silence_block(
             :func:`pattern_from_image`. Units whose filter is parallel to the pattern get
             ``ΔΘ⊥ = 0``.
         alpha, beta: ``Θ̄ = αΘ + βΔΘ⊥`` (``ΔΘ⊥`` has the norm of ``Θ`` per unit); ``Θ`` is the
-            BN-folded filter (:func:`effective_filter`).
+            BN-folded filter (:func:`effective_filter`). ``β/α`` sets the balance of the
+            two directions once ``Δy`` is on (the authors' notebook uses 3); the overall
+            scale (their "weight factor" 100) does not change *when* ``Δy`` switches on
+            (``b`` scales with it) but makes ``Δy`` dominate the gradient once it has.
         bias: ``"max"`` (§2.2) or ``"percentile"`` (App. D).
         percentile: the percentile for ``bias="percentile"``.
         margin: relative safety margin of ``bias="max"``.

@@ -26,6 +26,7 @@ from lightning_fv.models.normalize import Normalize
 from lightning_fv.optvis.hooks import Unit, capture, parse_unit, preserved_state
 from lightning_fv.optvis.objectives import INPUT, OUTPUT, Objective, as_objective, units_objective
 from lightning_fv.optvis.param import ImageParam
+from lightning_fv.optvis.relu import redirect_relus
 from lightning_fv.optvis.transform import TransformChain, TransformLike, standard_transforms
 from lightning_fv.utils.rng import make_generator
 
@@ -136,6 +137,7 @@ def render(
     compile: bool = False,
     progress: bool = False,
     unit_names: Sequence[str] | None = None,
+    redirect_relu_steps: int = 16,
 ) -> RenderResult:
     """Maximize ``objective`` over a batch of parameterized images.
 
@@ -163,6 +165,11 @@ def render(
         compile: ``torch.compile`` the model for this call.
         progress: show a progress bar over steps.
         unit_names: names of the samples, used in error messages and the result.
+        redirect_relu_steps: during the first this many steps, ``nn.ReLU`` modules pass
+            the gradient of a sample whose ordinary ReLU gradient is all zero as if they
+            were the identity, in the direction that opens them (Lucid's redirected ReLU,
+            :mod:`lightning_fv.optvis.relu`); units that are closed on the starting noise
+            would otherwise never move. ``0`` turns it off.
 
     Returns:
         :class:`RenderResult`.
@@ -175,6 +182,8 @@ def render(
     if not thresholds or thresholds[0] < 0:
         raise ValueError(f"thresholds must be non-negative step counts, got {thresholds}")
     total = thresholds[-1]
+    if redirect_relu_steps < 0:
+        raise ValueError(f"redirect_relu_steps must be >= 0, got {redirect_relu_steps}")
     device, dtype = _model_device_dtype(model)
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
 
@@ -244,7 +253,8 @@ def render(
             keep = (step - 1) in rec_steps
             if keep and record_grads:
                 img.retain_grad()
-            vals = forward(img, draws[step - 1])
+            with redirect_relus(model, enabled=step <= redirect_relu_steps):
+                vals = forward(img, draws[step - 1])
             (-vals.sum()).backward()
             finite = torch.isfinite(vals) & torch.isfinite(param.raw.grad).flatten(1).all(1)
             first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)

@@ -125,3 +125,37 @@ def test_checkpoint_resume_restores_callback_state(tmp_path):
         # the restored entries come first, then the resumed run's epoch 1
         assert new.history[:len(old)] == old
         assert new.history[len(old)]["epoch"] == 1
+
+
+def test_detector_scores_every_render_and_logs_them(tmp_path):
+    from lightning_fv.manipulation.detector_net import DetectorCNN
+    from lightning_fv.modules.detector import save_detector
+
+    torch.manual_seed(3)
+    path = save_detector(DetectorCNN(64), tmp_path / "det.safetensors")
+    cb = FeatureVisualizationCallback(FV_UNITS, module="model", image_size=16, steps=2,
+                                      detector=str(path))
+    logged: dict[str, float] = {}
+
+    class Spy(L.pytorch.loggers.CSVLogger):
+        def log_metrics(self, metrics, step=None):  # noqa: ANN001
+            logged.update(metrics)
+            super().log_metrics(metrics, step)
+
+    t = trainer(callbacks=[cb], max_epochs=1, logger=Spy(tmp_path))
+    t.fit(module(), *loaders())
+    p = cb.detector_scores(cb.last_images)
+    with torch.no_grad():
+        det = DetectorCNN(64)
+        det.load_state_dict(cb._detector_net.state_dict())
+        expected = torch.sigmoid(det.resized(cb.last_images).flatten())
+    torch.testing.assert_close(p, expected)
+    entry = cb.history[-1]
+    assert list(entry["detector_p_natural"]) == FV_UNITS
+    for u, v in zip(FV_UNITS, p):
+        assert logged[f"fv/detector/p_natural/{u}"] == pytest.approx(float(v))
+    assert logged["fv/detector/vis_fraction"] == pytest.approx(float((p < 0.5).float().mean()))
+    with pytest.raises(FileNotFoundError):
+        FeatureVisualizationCallback(FV_UNITS, module="model",
+                                     detector=str(tmp_path / "missing.safetensors")).setup(
+            t, module(), "fit")

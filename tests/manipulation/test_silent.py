@@ -44,7 +44,7 @@ def test_perturbation_is_orthogonal_to_every_filter_to_1e6() -> None:
 def test_max_bias_keeps_natural_outputs_exactly_and_accuracy_unchanged(net: SmallCNN) -> None:
     natural = _data(64, 1)
     silent = silence_block(net, "block2", natural, pattern=pattern_from_unit(net.block2.conv, 0),
-                           beta=4.0)
+                           alpha=1.0, beta=4.0)
     assert isinstance(silent.block2.conv, SilentUnits)
     with torch.no_grad():
         assert torch.equal(silent.block2(net.pool1(net.block1(net.normalize(natural)))),
@@ -58,7 +58,7 @@ def test_max_bias_keeps_natural_outputs_exactly_and_accuracy_unchanged(net: Smal
 
 def test_silent_units_switch_on_for_strong_activations(net: SmallCNN) -> None:
     natural = _data(32, 1)
-    silent = silence_block(net, "block1", natural, beta=4.0)
+    silent = silence_block(net, "block1", natural, alpha=1.0, beta=4.0)
     strong = torch.rand(4, 3, 16, 16) * 40 - 20  # far outside natural images
     with torch.no_grad():
         assert not torch.equal(silent.block1(strong), net.block1(strong))
@@ -66,7 +66,8 @@ def test_silent_units_switch_on_for_strong_activations(net: SmallCNN) -> None:
 
 def test_percentile_bias_reports_the_change(net: SmallCNN) -> None:
     natural = _data(100, 1)
-    silent = silence_block(net, "block3", natural, beta=4.0, bias="percentile", percentile=90)
+    silent = silence_block(net, "block3", natural, alpha=1.0, beta=4.0, bias="percentile",
+                           percentile=90)
     change = natural_change(silent, natural)
     assert 0.0 < change["block3.conv/active_fraction"] <= 0.2
     assert change["block3.conv/max_delta"] > 0
@@ -120,3 +121,57 @@ def test_silent_model_saves_and_reloads(net: SmallCNN, tmp_path) -> None:
     strong = torch.rand(4, 3, 16, 16) * 40 - 20
     with torch.no_grad():
         assert torch.equal(again(strong), silent(strong))
+
+
+def test_mean_pattern_is_the_filter_the_image_activates_most(net: SmallCNN) -> None:
+    """Closed form: for unit-norm filters w, Σ_positions ⟨w, patch⟩ = ⟨w, Σ patches⟩ is
+    largest at w ∝ mean patch, where it equals ‖Σ patches‖."""
+    from lightning_fv.manipulation import pattern_from_image
+    from lightning_fv.manipulation.silent import conv_inputs
+
+    image = _data(1, 3)[0]
+    conv = net.block3.conv
+    pat = pattern_from_image(net, "block3.conv", image)
+    assert pat.shape == conv.weight.shape[1:]
+    x = conv_inputs(net, "block3.conv", image[None])[0]
+
+    def summed(w: torch.Tensor) -> torch.Tensor:  # (K, C, 3, 3) -> (K,)
+        w = w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return torch.nn.functional.conv2d(x, w, padding=conv.padding).sum((0, 2, 3))
+
+    patches = torch.nn.functional.unfold(x, conv.kernel_size, padding=conv.padding)
+    best = summed(pat[None])[0]
+    torch.testing.assert_close(best, patches.sum(2).norm(), rtol=1e-5, atol=1e-5)
+    rand = torch.randn(200, *pat.shape, generator=torch.Generator().manual_seed(0))
+    near = pat[None] + 0.05 * pat.norm() * rand / rand.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    assert (summed(rand) < best).all() and (summed(near) <= best + 1e-5).all()
+    centre = pattern_from_image(net, "block3.conv", image, region="centre")
+    h, w = x.shape[-2:]
+    torch.testing.assert_close(centre, x[0, :, (h - 3) // 2:(h - 3) // 2 + 3,
+                                         (w - 3) // 2:(w - 3) // 2 + 3])
+    with pytest.raises(ValueError, match="region"):
+        pattern_from_image(net, "block3.conv", image, region="corner")
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        pattern_from_image(net, "block3.conv", image[None])
+
+
+def test_original_branch_relu_is_a_module_and_delta_is_not_redirected(net: SmallCNN) -> None:
+    """The original ReLU of ``y`` is an ``nn.ReLU`` (so FV heuristics treat ``y`` exactly as
+    in the original model); the silent branch is never opened by a redirected gradient."""
+    from lightning_fv.manipulation.silent import conv_inputs
+    from lightning_fv.optvis.relu import redirect_relus
+
+    natural = _data(32, 1)
+    silent = silence_block(net, "block2", natural)
+    mod = silent.block2.conv
+    assert isinstance(mod.relu, torch.nn.ReLU)
+    inp = conv_inputs(net, "block2.conv", natural)[0].requires_grad_(True)
+    assert torch.relu(mod.delta(inp)).max() == 0  # silent on the natural inputs
+    with redirect_relus(silent) as mods:
+        assert mod.relu in mods
+        mod(inp).square().sum().backward()
+    g_full = inp.grad.clone()
+    inp2 = inp.detach().clone().requires_grad_(True)
+    with redirect_relus(silent):
+        mod.original(inp2).square().sum().backward()
+    assert torch.equal(g_full, inp2.grad)  # no gradient through the closed Δy branch
