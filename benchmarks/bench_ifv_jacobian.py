@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--layer", default="layer4")
     ap.add_argument("--channels-last", action="store_true",
                     help="channels_last weights and input, for both paths")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bf16 autocast for both paths (reports the angle to the fp32 rows)")
     args = ap.parse_args()
     device = torch.device(args.device)
     n_f = args.n_features or (64 if args.small else 512)
@@ -59,12 +61,15 @@ def main() -> None:
     feats = torch.arange(n_f)
     v = param.raw.detach()
 
+    dtype = torch.bfloat16 if args.bf16 else None
+
     def batched() -> torch.Tensor:
         return feature_jacobian(model, args.layer, v, param, features=feats,
-                                chunk_size=chunk)[1]
+                                chunk_size=chunk, compute_dtype=dtype)[1]
 
     def loop() -> torch.Tensor:
-        return feature_jacobian_loop(model, args.layer, v, param, features=feats)[1]
+        return feature_jacobian_loop(model, args.layer, v, param, features=feats,
+                                     compute_dtype=dtype)[1]
 
     def timed(fn: object, reps: int) -> tuple[float, torch.Tensor]:
         fn()  # warm-up (vmap tracing, cuDNN autotune)
@@ -84,11 +89,18 @@ def main() -> None:
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     t_l, j_l = timed(loop, max(1, args.repeats - 1))
     diff = float((j_b - j_l).abs().max() / j_l.abs().max().clamp_min(1e-30))
+    angle_fp32 = None
+    if args.bf16:  # how far the bf16 rows are from the float32 ones (degrees, median)
+        ref = feature_jacobian(model, args.layer, v, param, features=feats,
+                               chunk_size=chunk)[1].flatten(2).double()
+        cos = torch.nn.functional.cosine_similarity(j_b.flatten(2).double(), ref, dim=2)
+        angle_fp32 = float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))).median())
     res = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "model": "resnet50 (random weights)", "layer": args.layer,
         "n_features": n_f, "image_size": size, "batch": args.batch, "chunk_size": chunk,
-        "channels_last": args.channels_last,
+        "channels_last": args.channels_last, "bf16": args.bf16,
+        "median_row_angle_to_fp32_deg": angle_fp32,
         "n_params_per_sample": int(v[0].numel()),
         "batched_s_per_sample": t_b / args.batch, "loop_s_per_sample": t_l / args.batch,
         "speedup": t_l / t_b, "max_rel_diff": diff, "peak_mem_gib_batched": peak,

@@ -17,6 +17,7 @@ sample's Jacobian at once. :func:`feature_jacobian_loop` is the plain Python loo
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -63,6 +64,7 @@ def response_function(
     aggregation: str = "maxpool_mean",
     normalize: nn.Module | None = None,
     features: Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> Callable[[Tensor], Tensor]:
     """``v ↦ y``: the feature response ``Ñ(v) = Agg(N(P(v)))`` ``(B, n_f)`` (§2).
 
@@ -76,6 +78,13 @@ def response_function(
         normalize: input normalization applied to the images before the model (``None``
             when the model normalizes itself).
         features: keep only these feature indices (e.g. the first ``n_f`` filters).
+        compute_dtype: run a copy of the model held in this dtype (e.g. ``torch.bfloat16``
+            on a GPU, or ``torch.float64`` for a reference; the images are cast to it); ``y`` is
+            returned in float32. bf16 is faster on tensor cores but rounding flips ReLU and
+            max-pool decisions: on a random-weight ResNet-50 (``layer4``, 96 px) the bf16 rows
+            of ``Dy`` are a median 54° from the float32 rows
+            (``benchmarks/bench_ifv_jacobian.py --small --bf16``). Check the angles on your
+            model before using it for Grad-IFV.
 
     The model must already be in eval mode (call inside :func:`preserved_state`).
     """
@@ -86,14 +95,19 @@ def response_function(
     else:
         pfn = parameterization
     layers = [] if layer == OUTPUT else [layer]
+    # A low-precision copy rather than torch.autocast: vmapped pull-backs of autocast
+    # graphs fail on mixed dtypes (torch 2.x), a model held in one dtype does not.
+    net = model if compute_dtype is None else copy.deepcopy(model).to(compute_dtype)
 
     def fn(v: Tensor) -> Tensor:
         img = pfn(v)
         x = normalize(img) if normalize is not None else img
-        with capture(model, layers) as acts:
-            out = model(x)
+        if compute_dtype is not None:
+            x = x.to(compute_dtype)
+        with capture(net, layers) as acts:
+            out = net(x)
             act = out if layer == OUTPUT else acts[layer]
-        y = aggregate(act, aggregation)
+        y = aggregate(act.float() if compute_dtype is not None else act, aggregation)
         if features is not None:
             y = y[:, features.to(y.device)]
         return y
@@ -111,6 +125,7 @@ def feature_jacobian(
     normalize: nn.Module | None = None,
     features: Tensor | None = None,
     chunk_size: int | None = 64,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Feature response ``y`` and its Jacobian ``Dy`` w.r.t. ``v``, batched (§2, §3.3).
 
@@ -123,6 +138,7 @@ def feature_jacobian(
         aggregation, normalize, features: see :func:`response_function`.
         chunk_size: features whose backward passes are vectorized together (``None``: all
             ``n_f`` at once; lower it to save memory).
+        compute_dtype: see :func:`response_function`.
 
     Returns:
         ``y`` ``(B, n_f)`` and ``Dy`` ``(B, n_f, *v.shape[1:])`` (``Dy[b, j]`` is the gradient
@@ -131,7 +147,7 @@ def feature_jacobian(
     with _grad_context(model):
         v = v.detach().clone()
         fn = response_function(model, layer, parameterization, aggregation, normalize,
-                               None)
+                               None, compute_dtype)
         y, pullback = torch.func.vjp(fn, v)
         if y.dim() != 2:
             raise ValueError(f"feature response must be (B, n_f), got {tuple(y.shape)}")
@@ -154,12 +170,14 @@ def feature_jacobian_loop(
     aggregation: str = "maxpool_mean",
     normalize: nn.Module | None = None,
     features: Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Reference for :func:`feature_jacobian`: one forward, then a Python loop of ``n_f``
     backward passes (the paper's procedure, §3.3). Same arguments and returns."""
     with _grad_context(model):
         v = v.detach().clone().requires_grad_(True)
-        fn = response_function(model, layer, parameterization, aggregation, normalize)
+        fn = response_function(model, layer, parameterization, aggregation, normalize,
+                               compute_dtype=compute_dtype)
         y = fn(v)
         idx = _check_features(features, y.shape[1])
         rows = range(y.shape[1]) if idx is None else idx.tolist()

@@ -128,6 +128,19 @@ def test_batched_jacobian_equals_dense_autograd_jacobian_and_loop() -> None:
     assert net.training and all(p.requires_grad and p.grad is None for p in net.parameters())
 
 
+def test_compute_dtype_runs_a_copy_and_float64_matches_float32() -> None:
+    torch.manual_seed(0)
+    net = ConvFeatures().eval()
+    imgs = torch.rand(2, 3, 8, 8)
+    y, jac = feature_jacobian(net, "act", imgs, chunk_size=3)
+    y64, jac64 = feature_jacobian(net, "act", imgs, chunk_size=3, compute_dtype=torch.float64)
+    yl, jacl = feature_jacobian_loop(net, "act", imgs, compute_dtype=torch.float64)
+    assert y64.dtype == torch.float32 and jac64.dtype == torch.float32
+    torch.testing.assert_close(jac64, jac, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(jacl, jac64, atol=1e-6, rtol=1e-5)
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # the model is untouched
+
+
 def test_jacobian_wrt_image_param_raw_works_under_inference_mode() -> None:
     torch.manual_seed(0)
     net = ConvFeatures().eval()
