@@ -75,6 +75,8 @@ def main() -> None:
                     help="steps of the silent-unit renders (C.2: 512)")
     ap.add_argument("--silent-lambda", type=float, default=10.0,
                     help="λ = β/α of Θ̄ = α(Θ + λΔΘ⊥) (the authors' notebook: 3)")
+    ap.add_argument("--trajectories", type=int, default=2,
+                    help="trajectories per unit in the detector data sets (C.1)")
     ap.add_argument("--parts", default="photo,silent,digits",
                     help="comma-separated: photo (detector, fooling, embedded), silent, digits")
     ap.add_argument("--digits-steps", type=int, default=256,
@@ -102,7 +104,8 @@ def main() -> None:
         units = ([f"fc:{i}" for i in range(10)] + [f"block4:{i}" for i in range(32)]
                  + [f"block3:{i}" for i in range(16)])
         dm = TrajectoryDataModule(model, units=units, n_natural_per_class=100, image_size=size,
-                                  trajectories_per_unit=1, steps=steps, test_fraction=0.25,
+                                  trajectories_per_unit=args.trajectories, steps=steps,
+                                  test_fraction=0.25,
                                   augment_fraction=0.5, cache_dir=args.cache, batch_size=32,
                                   device="cpu")
         dm.setup()
@@ -256,7 +259,8 @@ def main() -> None:
         dunits = ([f"fc:{i}" for i in range(10)] + [f"block4:{i}" for i in range(32)]
                   + [f"block3:{i}" for i in range(16)])
         ddm = TrajectoryDataModule(dmodel, units=dunits, natural="digits", n_natural_per_class=100,
-                                   image_size=dsize, trajectories_per_unit=1, steps=dsteps,
+                                   image_size=dsize, trajectories_per_unit=args.trajectories,
+                                   steps=dsteps,
                                    test_fraction=0.25, augment_fraction=0.5, cache_dir=args.cache,
                                    batch_size=32, device="cpu")
         ddm.setup()
