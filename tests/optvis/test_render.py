@@ -171,7 +171,9 @@ def test_channels_last_gives_the_same_images_and_restores_weights(tiny_net):
 
 @pytest.mark.slow
 def test_compiled_model_renders_the_same_images_on_cpu(tiny_net):
-    a = render(tiny_net, "conv2:3", thresholds=(3,), image_size=12)
-    b = render(tiny_net, "conv2:3", thresholds=(3,), image_size=12, compile=True)
+    # 20 steps: across the end of the redirected-ReLU warm-up (step 16), where the ReLU
+    # modules get their own forward back and the compiled graph is rebuilt
+    a = render(tiny_net, "conv2:3", thresholds=(20,), image_size=12)
+    b = render(tiny_net, "conv2:3", thresholds=(20,), image_size=12, compile=True)
     assert (a.final - b.final).abs().max() < 1e-3
     assert all(not m._forward_hooks for m in tiny_net.modules())
