@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-gpu lint bench clean
+.PHONY: demo test test-slow test-gpu lint bench clean miniatures \
+	miniature-sanity miniature-manipulation miniature-ifv miniature-robust miniature-invariant
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,24 @@ test-gpu: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# The "science in miniature" runs of the README (CPU, minutes each; figures in docs/).
+miniatures: miniature-sanity miniature-manipulation miniature-ifv miniature-robust miniature-invariant
+
+miniature-sanity: $(STAMP)
+	$(PY) scripts/sanity_check_miniature.py
+
+miniature-manipulation: $(STAMP)
+	$(PY) scripts/manipulation_miniature.py
+
+miniature-ifv: $(STAMP)
+	$(PY) scripts/ifv_miniature.py
+
+miniature-robust: $(STAMP)
+	$(PY) scripts/train_robust.py --dataset digits
+
+miniature-invariant: $(STAMP)
+	$(PY) scripts/invariant_miniature.py
 
 clean:
 	rm -rf outputs .pytest_cache
