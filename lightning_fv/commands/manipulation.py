@@ -114,9 +114,11 @@ def manipulate(
     natural: str = "photo_patches",
     n_natural_per_class: int = 100,
     image_size: int = 64,
-    pattern_unit: int | None = 0,
-    alpha: float = 1.0,
-    beta: float = 4.0,
+    pattern: str = "visualization",
+    pattern_unit: int = 0,
+    pattern_steps: int = 512,
+    alpha: float = 100.0,
+    beta: float = 1000.0,
     bias: str = "max",
     percentile: float = 99.0,
     output: str = "outputs/manipulation/manipulated.safetensors",
@@ -134,9 +136,12 @@ def manipulate(
         images: ``photo:NAME`` or image files to embed (``embed``).
         k, mode: fooling-circuit constant and sign handling (``relu``/``split``/``offset``).
         natural, n_natural_per_class, image_size: natural images that set the silent bias.
-        pattern_unit: silent units copy this unit's filter as the shared target pattern
-            (``None``: a random pattern).
-        alpha, beta, bias, percentile: silent-unit parameters (Eq. 2, App. D).
+        pattern: the silent units' shared target pattern: ``visualization`` (the authors'
+            recipe: render unit ``pattern_unit`` of ``layer`` for ``pattern_steps`` steps and
+            take the filter that image activates most, :func:`pattern_from_image`),
+            ``filter`` (that unit's filter) or ``random``.
+        alpha, beta, bias, percentile: silent-unit parameters (Eq. 2, App. D):
+            ``Θ̄ = αΘ + βΔΘ⊥``.
         output: output file.
 
     Returns:
@@ -144,6 +149,7 @@ def manipulate(
     """
     from lightning_fv.manipulation import (
         embed_images,
+        pattern_from_image,
         pattern_from_unit,
         permute_layer,
         save_manipulated,
@@ -169,9 +175,21 @@ def manipulate(
         xn, _ = EMBEDDED[natural]("train", n_natural_per_class, image_size) \
             if natural == "photo_patches" else EMBEDDED[natural]("train", image_size)
         mod = get_layer(net, layer)
-        conv = mod.conv if hasattr(mod, "conv") else mod
-        pattern = None if pattern_unit is None else pattern_from_unit(conv, pattern_unit)
-        new = silence_block(net, layer, xn, pattern=pattern, alpha=alpha, beta=beta, bias=bias,
+        conv_name = f"{layer}.conv" if hasattr(mod, "conv") else layer
+        conv = get_layer(net, conv_name)
+        if pattern == "visualization":
+            from lightning_fv.optvis.render import render_units
+
+            target = render_units(net, [f"{layer}:{pattern_unit}"], image_size=image_size,
+                                  thresholds=(pattern_steps,)).final[0]
+            pat = pattern_from_image(net, conv_name, target)
+        elif pattern == "filter":
+            pat = pattern_from_unit(conv, pattern_unit)
+        elif pattern == "random":
+            pat = None
+        else:
+            raise ValueError(f"unknown pattern {pattern!r}; valid: visualization, filter, random")
+        new = silence_block(net, layer, xn, pattern=pat, alpha=alpha, beta=beta, bias=bias,
                             percentile=percentile, units=units)
     else:
         raise ValueError(f"unknown method {method!r}; valid: permute, embed, silent")
