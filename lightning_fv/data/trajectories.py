@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_fv.data.embedded import digits, photo_patches
-from lightning_fv.optvis.hooks import list_layers, parse_unit
+from lightning_fv.optvis.hooks import expand_units, list_layers, parse_unit
 from lightning_fv.optvis.render import log_spaced_steps, render_units
 from lightning_fv.optvis.transform import TransformChain, standard_transforms
 from lightning_fv.utils.rng import make_generator
@@ -131,7 +131,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         model: a model name for :func:`lightning_fv.models.build_model`
             (``"bundled:photo_patches"``, a torchvision/timm name) or an ``nn.Module``.
         layers: layers whose units are visualized (ignored when ``units`` is given).
-        units: explicit unit names (``"fc:3"``).
+        units: explicit unit names (``"fc:3"``, ranges ``"fc:0-9"``, ``"block4:*"``).
         max_units_per_layer: cap on units per layer.
         natural: ``"photo_patches"`` or ``"digits"`` (embedded natural images).
         n_natural_per_class: photo patches per class and split (train; val gets half).
@@ -245,8 +245,8 @@ class TrajectoryDataModule(L.LightningDataModule):
         dev = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available()
                            else ("cpu" if self.device == "auto" else self.device))
         model = model.to(dev).eval()
-        units = self.units or layer_units(model, self.layers, self.image_size,
-                                          self.max_units_per_layer)
+        units = (expand_units(self.units, model, self.image_size) if self.units else
+                 layer_units(model, self.layers, self.image_size, self.max_units_per_layer))
         train_units, test_units = split_units(units, self.test_fraction, self.split_seed)
         settings = self.settings(model, units)
         key = self.cache_key(settings)

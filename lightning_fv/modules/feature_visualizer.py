@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_fv.models import build_model
-from lightning_fv.optvis.hooks import parse_unit
+from lightning_fv.optvis.hooks import expand_units, parse_unit
 from lightning_fv.optvis.objectives import units_objective
 from lightning_fv.optvis.render import render
 
@@ -37,31 +37,6 @@ class _Chunks(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> Tensor:
         return torch.arange(k * self.size, min(self.n, (k + 1) * self.size))
-
-
-def expand_units(units: list[str], model: nn.Module, image_size: int) -> list[str]:
-    """Expand ``"layer:*"`` into every channel of ``layer`` (``"layer:0-9"`` a range)."""
-    from lightning_fv.optvis.hooks import list_layers
-
-    out: list[str] = []
-    shapes = None
-    for u in units:
-        layer, _, rest = u.rpartition(":")
-        if rest == "*":
-            if shapes is None:
-                shapes = {n: s for n, _, s in list_layers(model, (3, image_size, image_size))}
-            if layer not in shapes:
-                from lightning_fv.optvis.hooks import get_layer
-
-                get_layer(model, layer)  # raises with the closest names
-            out += [f"{layer}:{i}" for i in range(shapes[layer][0])]
-        elif "-" in rest and "@" not in rest:
-            lo, hi = (int(v) for v in rest.split("-"))
-            out += [f"{layer}:{i}" for i in range(lo, hi + 1)]
-        else:
-            parse_unit(u)
-            out.append(u)
-    return out
 
 
 class FeatureVisualizer(L.LightningModule):

@@ -214,3 +214,26 @@ def check_unit_index(unit: Unit, activation: Tensor) -> None:
                 f"position {unit.position} out of range for layer {unit.layer!r} with "
                 f"spatial size {(h, w)}"
             )
+
+
+def expand_units(units: list[str], model: nn.Module, image_size: int) -> list[str]:
+    """Expand ``"layer:*"`` into every channel of ``layer`` (``"layer:0-9"`` a range)."""
+    out: list[str] = []
+    shapes = None
+    for u in units:
+        layer, _, rest = u.rpartition(":")
+        if rest == "*":
+            if shapes is None:
+                shapes = {n: s for n, _, s in list_layers(model, (3, image_size, image_size))}
+            if layer not in shapes:
+                get_layer(model, layer)  # raises with the closest names
+            out += [f"{layer}:{i}" for i in range(shapes[layer][0])]
+        elif "-" in rest and "@" not in rest:
+            lo, hi = (int(v) for v in rest.split("-"))
+            out += [f"{layer}:{i}" for i in range(lo, hi + 1)]
+        else:
+            parse_unit(u)
+            out.append(u)
+    return out
+
+

@@ -16,7 +16,7 @@ from lightning_fv.models import bundled_model
 def test_detector_permute_silent_and_comparison_from_the_command_line(tmp_path) -> None:
     det = tmp_path / "det.safetensors"
     main(["train-detector", "--model", "bundled:digits", "--natural", "digits",
-          "--units", "[fc:0, fc:1, fc:2, fc:3, fc:4]", "--image_size", "16", "--steps", "4",
+          "--units", "[fc:0-3, fc:4]", "--image_size", "16", "--steps", "4",
           "--trajectories_per_unit", "1", "--n_natural_per_class", "4", "--epochs", "1",
           "--batch_size", "16", "--device", "cpu", "--cache_dir", str(tmp_path / "cache"),
           "--output", str(det)])
@@ -52,3 +52,20 @@ def test_detector_permute_silent_and_comparison_from_the_command_line(tmp_path) 
     assert grid.exists()
     vals = json.loads(grid.with_suffix(".json").read_text())
     assert vals["units"] == ["block3:1", "block3:2"] and len(vals["values_after"]) == 2
+
+
+def test_example_configs_parse(capsys) -> None:
+    from pathlib import Path
+
+    import pytest
+    import yaml
+
+    configs = Path(__file__).parents[2] / "examples" / "configs"
+    for command, name, key, value in (
+            ("train-detector", "manipulate_train_detector.yaml", "trajectories_per_unit", 2),
+            ("manipulate", "manipulate_permute.yaml", "method", "permute"),
+            ("manipulate", "manipulate_silent.yaml", "beta", 1000.0)):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--config", str(configs / name), "--print_config"])
+        assert exc.value.code in (0, None)
+        assert yaml.safe_load(capsys.readouterr().out)[key] == value
