@@ -46,8 +46,13 @@ def main() -> None:
                     help="channels_last weights and input, for both paths")
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast for both paths (reports the angle to the fp32 rows)")
+    ap.add_argument("--no-cudnn-benchmark", action="store_true",
+                    help="keep cuDNN's default algorithm choice (autotuning is on by default "
+                         "on CUDA, for both paths; the warm-up call pays for it)")
     args = ap.parse_args()
     device = torch.device(args.device)
+    cudnn_benchmark = device.type == "cuda" and not args.no_cudnn_benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     n_f = args.n_features or (64 if args.small else 512)
     size = args.image_size or (96 if args.small else 224)
     chunk = args.chunk_size or (n_f if device.type == "cuda" else 32)
@@ -100,6 +105,7 @@ def main() -> None:
         "torch": torch.__version__, "model": "resnet50 (random weights)", "layer": args.layer,
         "n_features": n_f, "image_size": size, "batch": args.batch, "chunk_size": chunk,
         "channels_last": args.channels_last, "bf16": args.bf16,
+        "cudnn_benchmark": cudnn_benchmark,
         "median_row_angle_to_fp32_deg": angle_fp32,
         "n_params_per_sample": int(v[0].numel()),
         "batched_s_per_sample": t_b / args.batch, "loop_s_per_sample": t_l / args.batch,
