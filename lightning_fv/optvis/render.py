@@ -15,6 +15,7 @@ for its random transforms, so a unit's image does not depend on what else is in 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -258,6 +259,8 @@ def render(
             (-vals.sum()).backward()
             finite = torch.isfinite(vals) & torch.isfinite(param.raw.grad).flatten(1).all(1)
             first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
+            if step == total:  # samples whose objective no longer moves the image at all
+                stuck = (param.raw.grad.flatten(1) == 0).all(1).nonzero().flatten().tolist()
             if keep:
                 rec_imgs.append(img.detach().float().cpu().clone())
                 rec_vals.append(vals.detach().cpu())
@@ -268,6 +271,12 @@ def render(
                 _raise_if_bad(first_bad, names)
                 snapshot(step)
         _raise_if_bad(first_bad, names)
+        if total and stuck:
+            warnings.warn(
+                f"{len(stuck)} unit(s) had an exactly zero gradient at the last step, so their "
+                f"images stopped moving (closed ReLUs everywhere): "
+                f"{[names[i] for i in stuck[:8]]}; raise redirect_relu_steps (now "
+                f"{redirect_relu_steps}) or start from images", RuntimeWarning, stacklevel=2)
         for step, img in images.items():
             if not torch.isfinite(img).all():
                 bad = (~torch.isfinite(img)).flatten(1).any(1).nonzero().flatten().tolist()
