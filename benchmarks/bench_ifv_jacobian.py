@@ -45,7 +45,10 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true",
                     help="channels_last weights and input, for both paths")
     ap.add_argument("--bf16", action="store_true",
-                    help="bf16 autocast for both paths (reports the angle to the fp32 rows)")
+                    help="a bf16 copy of the model for both paths, ReLU/max-pool decisions "
+                         "pinned to a float32 pass (reports the angle to the float32 rows)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="with --bf16: let the bf16 copy make its own ReLU/max-pool decisions")
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
                     help="keep cuDNN's default algorithm choice (autotuning is on by default "
                          "on CUDA, for both paths; the warm-up call pays for it)")
@@ -70,11 +73,12 @@ def main() -> None:
 
     def batched() -> torch.Tensor:
         return feature_jacobian(model, args.layer, v, param, features=feats,
-                                chunk_size=chunk, compute_dtype=dtype)[1]
+                                chunk_size=chunk, compute_dtype=dtype,
+                                pin_decisions=not args.no_pin)[1]
 
     def loop() -> torch.Tensor:
         return feature_jacobian_loop(model, args.layer, v, param, features=feats,
-                                     compute_dtype=dtype)[1]
+                                     compute_dtype=dtype, pin_decisions=not args.no_pin)[1]
 
     def timed(fn: object, reps: int) -> tuple[float, torch.Tensor]:
         fn()  # warm-up (vmap tracing, cuDNN autotune)
@@ -105,6 +109,7 @@ def main() -> None:
         "torch": torch.__version__, "model": "resnet50 (random weights)", "layer": args.layer,
         "n_features": n_f, "image_size": size, "batch": args.batch, "chunk_size": chunk,
         "channels_last": args.channels_last, "bf16": args.bf16,
+        "pinned_decisions": args.bf16 and not args.no_pin,
         "cudnn_benchmark": cudnn_benchmark,
         "median_row_angle_to_fp32_deg": angle_fp32,
         "n_params_per_sample": int(v[0].numel()),

@@ -57,6 +57,87 @@ def _grad_context(model: nn.Module) -> Iterator[None]:
         yield
 
 
+class _Pinned:
+    """Piecewise-linear decisions of a float32 forward pass, replayed in a low-precision copy.
+
+    ``record`` runs the float32 model once and stores, per call and in call order, the mask
+    ``x > 0`` of every ``nn.ReLU`` module and the argmax indices of every ``nn.MaxPool2d``;
+    ``replay`` makes the copy's ReLUs multiply by those masks and its max-poolings gather at
+    those indices. The copy then computes exactly the float32 network's linearization at
+    the input (its Jacobian there), only with low-precision arithmetic, instead of a
+    network whose ReLU and max-pool decisions rounding has flipped.
+    """
+
+    def __init__(self, model: nn.Module, low: nn.Module) -> None:
+        self.model, self.low = model, low
+        self.masks: dict[str, list[Tensor]] = {}
+
+    @staticmethod
+    def _modules(net: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(n, m) for n, m in net.named_modules()
+                if type(m) in (nn.ReLU, nn.MaxPool2d)]
+
+    @contextmanager
+    def record(self) -> Iterator[None]:
+        self.masks = {n: [] for n, _ in self._modules(self.model)}
+
+        def make(name: str, mod: nn.Module) -> Callable[[Tensor], Tensor]:
+            if isinstance(mod, nn.ReLU):
+                def relu(x: Tensor) -> Tensor:
+                    self.masks[name].append((x > 0).detach())
+                    return torch.relu(x)
+                return relu
+
+            def pool(x: Tensor) -> Tensor:
+                out, idx = nn.functional.max_pool2d(
+                    x, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
+                    ceil_mode=mod.ceil_mode, return_indices=True)
+                self.masks[name].append(idx.detach())
+                return out
+            return pool
+
+        mods = self._modules(self.model)
+        for n, m in mods:
+            m.forward = make(n, m)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            for _, m in mods:
+                del m.forward
+
+    @contextmanager
+    def replay(self) -> Iterator[None]:
+        calls = {n: 0 for n in self.masks}
+
+        def make(name: str, mod: nn.Module) -> Callable[[Tensor], Tensor]:
+            def fwd(x: Tensor) -> Tensor:
+                rec = self.masks[name][calls[name]]
+                calls[name] += 1
+                if isinstance(mod, nn.ReLU):
+                    return x * rec.to(x.dtype)
+                flat = x.flatten(2).gather(2, rec.flatten(2))
+                return flat.view(rec.shape)
+            return fwd
+
+        mods = self._modules(self.low)
+        for n, m in mods:
+            m.forward = make(n, m)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            for _, m in mods:
+                del m.forward
+
+
+def _pinned_aggregate(act_low: Tensor, act32: Tensor, aggregation: str) -> Tensor:
+    """:func:`aggregate` of ``act_low`` with the max-pooling argmax taken from ``act32``."""
+    if aggregation != "maxpool_mean" or act_low.dim() != 4:
+        return aggregate(act_low.float(), aggregation)
+    _, idx = nn.functional.max_pool2d(act32, 3, stride=1, return_indices=True)
+    pooled = act_low.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+    return pooled.float().mean((-2, -1))
+
+
 def response_function(
     model: nn.Module,
     layer: str,
@@ -65,6 +146,7 @@ def response_function(
     normalize: nn.Module | None = None,
     features: Tensor | None = None,
     compute_dtype: torch.dtype | None = None,
+    pin_decisions: bool = True,
 ) -> Callable[[Tensor], Tensor]:
     """``v ↦ y``: the feature response ``Ñ(v) = Agg(N(P(v)))`` ``(B, n_f)`` (§2).
 
@@ -80,11 +162,16 @@ def response_function(
         features: keep only these feature indices (e.g. the first ``n_f`` filters).
         compute_dtype: run a copy of the model held in this dtype (e.g. ``torch.bfloat16``
             on a GPU, or ``torch.float64`` for a reference; the images are cast to it); ``y`` is
-            returned in float32. bf16 is faster on tensor cores but rounding flips ReLU and
-            max-pool decisions: on a random-weight ResNet-50 (``layer4``, 96 px) the bf16 rows
-            of ``Dy`` are a median 54° from the float32 rows
-            (``benchmarks/bench_ifv_jacobian.py --small --bf16``). Check the angles on your
-            model before using it for Grad-IFV.
+            returned in float32. bf16 is faster on tensor cores, but left to itself rounding
+            flips ReLU and max-pool decisions: on a random-weight ResNet-50 (``layer4``,
+            96 px) such bf16 rows of ``Dy`` are a median 54° from the float32 rows, with
+            ``pin_decisions`` 0.8° (``benchmarks/bench_ifv_jacobian.py --small --bf16
+            [--no-pin]``).
+        pin_decisions: with ``compute_dtype``, run the model once in float32 and replay its
+            ReLU masks and max-pool argmaxes (``nn.ReLU`` / ``nn.MaxPool2d`` modules and the
+            aggregation's max-pooling) in the low-precision copy, so the copy differentiates
+            the float32 network's own linearization. ``y`` is then the float32 response.
+            Functional ``torch.relu`` calls inside modules are not pinned.
 
     The model must already be in eval mode (call inside :func:`preserved_state`).
     """
@@ -98,10 +185,24 @@ def response_function(
     # A low-precision copy rather than torch.autocast: vmapped pull-backs of autocast
     # graphs fail on mixed dtypes (torch 2.x), a model held in one dtype does not.
     net = model if compute_dtype is None else copy.deepcopy(model).to(compute_dtype)
+    pinned = _Pinned(model, net) if compute_dtype is not None and pin_decisions else None
 
     def fn(v: Tensor) -> Tensor:
         img = pfn(v)
         x = normalize(img) if normalize is not None else img
+        if pinned is not None:
+            with torch.no_grad(), pinned.record(), capture(model, layers) as acts32:
+                out32 = model(x.detach())
+                act32 = out32 if layer == OUTPUT else acts32[layer]
+            with pinned.replay(), capture(net, layers) as acts:
+                out = net(x.to(compute_dtype))
+                act = out if layer == OUTPUT else acts[layer]
+            y_low = _pinned_aggregate(act, act32.float(), aggregation)
+            # the value is the float32 response, the derivative that of the pinned copy
+            y = y_low + (aggregate(act32.float(), aggregation) - y_low).detach()
+            if features is not None:
+                y = y[:, features.to(y.device)]
+            return y
         if compute_dtype is not None:
             x = x.to(compute_dtype)
         with capture(net, layers) as acts:
@@ -126,6 +227,7 @@ def feature_jacobian(
     features: Tensor | None = None,
     chunk_size: int | None = 64,
     compute_dtype: torch.dtype | None = None,
+    pin_decisions: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Feature response ``y`` and its Jacobian ``Dy`` w.r.t. ``v``, batched (§2, §3.3).
 
@@ -138,7 +240,7 @@ def feature_jacobian(
         aggregation, normalize, features: see :func:`response_function`.
         chunk_size: features whose backward passes are vectorized together (``None``: all
             ``n_f`` at once; lower it to save memory).
-        compute_dtype: see :func:`response_function`.
+        compute_dtype, pin_decisions: see :func:`response_function`.
 
     Returns:
         ``y`` ``(B, n_f)`` and ``Dy`` ``(B, n_f, *v.shape[1:])`` (``Dy[b, j]`` is the gradient
@@ -147,7 +249,7 @@ def feature_jacobian(
     with _grad_context(model):
         v = v.detach().clone()
         fn = response_function(model, layer, parameterization, aggregation, normalize,
-                               None, compute_dtype)
+                               None, compute_dtype, pin_decisions)
         y, pullback = torch.func.vjp(fn, v)
         if y.dim() != 2:
             raise ValueError(f"feature response must be (B, n_f), got {tuple(y.shape)}")
@@ -171,13 +273,14 @@ def feature_jacobian_loop(
     normalize: nn.Module | None = None,
     features: Tensor | None = None,
     compute_dtype: torch.dtype | None = None,
+    pin_decisions: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Reference for :func:`feature_jacobian`: one forward, then a Python loop of ``n_f``
     backward passes (the paper's procedure, §3.3). Same arguments and returns."""
     with _grad_context(model):
         v = v.detach().clone().requires_grad_(True)
         fn = response_function(model, layer, parameterization, aggregation, normalize,
-                               compute_dtype=compute_dtype)
+                               compute_dtype=compute_dtype, pin_decisions=pin_decisions)
         y = fn(v)
         idx = _check_features(features, y.shape[1])
         rows = range(y.shape[1]) if idx is None else idx.tolist()

@@ -141,6 +141,47 @@ def test_compute_dtype_runs_a_copy_and_float64_matches_float32() -> None:
     assert all(p.dtype == torch.float32 for p in net.parameters())  # the model is untouched
 
 
+def _row_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    cos = torch.nn.functional.cosine_similarity(a.flatten(2).double(), b.flatten(2).double(), 2)
+    return torch.rad2deg(torch.arccos(cos.clamp(-1, 1)))
+
+
+def test_pinned_decisions_replay_the_float32_linearization_exactly() -> None:
+    """In float64 with the float32 ReLU masks and max-pool argmaxes replayed (a ResNet whose
+    ReLU modules run several times per block, a max-pooling stem and the ``maxpool_mean``
+    aggregation), the Jacobian is the float32 one up to float32 rounding, and ``y`` is the
+    float32 response itself."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    net = resnet18().eval()
+    imgs = torch.rand(2, 3, 64, 64)
+    feats = torch.arange(6)
+    y, jac = feature_jacobian(net, "layer2", imgs, features=feats, chunk_size=3)
+    y64, jac64 = feature_jacobian(net, "layer2", imgs, features=feats, chunk_size=3,
+                                  compute_dtype=torch.float64)
+    assert torch.equal(y64, y)
+    torch.testing.assert_close(jac64, jac, rtol=1e-4, atol=1e-6)
+
+
+def test_pinned_bf16_rows_stay_close_to_float32_unpinned_do_not() -> None:
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    net = resnet18().eval()
+    imgs = torch.rand(1, 3, 64, 64)
+    feats = torch.arange(8)
+    _, jac = feature_jacobian(net, "layer3", imgs, features=feats)
+    _, pinned = feature_jacobian(net, "layer3", imgs, features=feats,
+                                 compute_dtype=torch.bfloat16)
+    _, free = feature_jacobian(net, "layer3", imgs, features=feats,
+                               compute_dtype=torch.bfloat16, pin_decisions=False)
+    assert _row_angles(pinned, jac).median() < 3.0
+    assert _row_angles(free, jac).median() > 3 * _row_angles(pinned, jac).median()
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert all("forward" not in vars(m) for m in net.modules())  # no module left patched
+
+
 def test_jacobian_wrt_image_param_raw_works_under_inference_mode() -> None:
     torch.manual_seed(0)
     net = ConvFeatures().eval()
