@@ -32,6 +32,7 @@ def ifv(
     critical_rho: float | None = None,
     seed: int = 0,
     chunk_size: int = 64,
+    jacobian_dtype: str | None = None,
     device: str = "auto",
     output_dir: str = "outputs/ifv",
 ) -> list[str]:
@@ -55,6 +56,8 @@ def ifv(
             from the realizations' Jacobians, then predict within it (§3.5).
         seed: seed of targets and visualizations.
         chunk_size: features per vectorized backward batch.
+        jacobian_dtype: ``"bfloat16"`` or ``"float64"``: differentiate a copy of the model in
+            that dtype, with the float32 ReLU/max-pool decisions pinned (default float32).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``…
         output_dir: output folder.
 
@@ -75,16 +78,20 @@ def ifv(
                        else ("cpu" if device == "auto" else device))
     net = build_model(model, checkpoint_path=checkpoint_path).to(dev).eval()
     norm = None if mean is None else Normalize(mean, std).to(dev)
+    dtypes = {"bfloat16": torch.bfloat16, "float64": torch.float64, "float32": None}
+    if jacobian_dtype is not None and jacobian_dtype not in dtypes:
+        raise ValueError(f"jacobian_dtype must be one of {sorted(dtypes)}, got {jacobian_dtype!r}")
+    jdtype = dtypes[jacobian_dtype] if jacobian_dtype is not None else None
     kwargs = dict(n_canonical=n_canonical, k=k, steps=steps, lbfgs_steps=lbfgs_steps,
                   image_size=image_size, aggregation=aggregation, normalize=norm, seed=seed,
-                  chunk_size=chunk_size)
+                  chunk_size=chunk_size, jacobian_dtype=jdtype)
     critical = None
     if critical_rho is not None:
         probe = run_ifv(net, layer, n_targets, reopt_steps=0, **kwargs)
         param = ImageParam.from_images(probe.images.to(dev), fft=False, decorrelate=False)
         _, jac = feature_jacobian(net, layer, param.raw.detach(), param,
                                   aggregation=aggregation, normalize=norm,
-                                  chunk_size=chunk_size)
+                                  chunk_size=chunk_size, compute_dtype=jdtype)
         critical, _ = critical_space(critical_rho, grams=jacobian_gram(jac))
         log.info("critical space of dimension %d", critical.shape[1])
         kwargs["seed"] = seed + 10_000  # fresh targets for the evaluation

@@ -163,6 +163,7 @@ def run_ifv(
     critical: Tensor | None = None,
     seed: int = 0,
     chunk_size: int | None = 64,
+    jacobian_dtype: torch.dtype | None = None,
     targets: Tensor | None = None,
 ) -> IFVResult:
     """Run the §3.4 experiment on ``layer`` of ``model`` (see the module docstring).
@@ -183,6 +184,8 @@ def run_ifv(
             angles are then measured after projecting the targets (§3.5).
         seed: seeds targets, random objectives and the visualizations.
         chunk_size: features per vectorized backward batch of the Jacobian.
+        jacobian_dtype: ``compute_dtype`` of the Jacobian (e.g. ``torch.bfloat16`` on a GPU,
+            with the float32 ReLU/max-pool decisions pinned; see :func:`feature_jacobian`).
         targets: use these targets ``(n, n_f)`` instead of sampling.
     """
     if k < 0:
@@ -215,7 +218,7 @@ def run_ifv(
         images = param().detach()
         y, jac = feature_jacobian(model, layer, param.raw.detach(), param,
                                   aggregation=aggregation, normalize=normalize,
-                                  chunk_size=chunk_size)
+                                  chunk_size=chunk_size, compute_dtype=jacobian_dtype)
     gram = jacobian_gram(jac).cpu()
     del jac
     y = y.double().cpu()

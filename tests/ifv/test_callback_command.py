@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
@@ -95,3 +96,20 @@ def test_ifv_command_writes_metrics_and_figures(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert 0.0 <= metrics["angle_predicted_mean_deg"] <= 90.0
     assert any(p.endswith(".png") for p in paths)
+
+
+def test_ifv_command_jacobian_dtype(tmp_path: Path) -> None:
+    """float64 with pinned decisions gives the float32 run's predictions; bad names fail."""
+    from lightning_fv.commands.ifv import ifv
+
+    kw = dict(model="small_cnn", layer="block1.bn", n_targets=2, steps=3, lbfgs_steps=1,
+              reopt_steps=0, image_size=16, device="cpu")
+    out = {}
+    for dtype in (None, "float64"):
+        torch.manual_seed(0)
+        ifv(**kw, jacobian_dtype=dtype, output_dir=str(tmp_path / str(dtype)))
+        out[dtype] = json.loads((tmp_path / str(dtype) / "metrics.json").read_text())
+    assert out["float64"]["angle_predicted_mean_deg"] == pytest.approx(
+        out[None]["angle_predicted_mean_deg"], abs=0.05)
+    with pytest.raises(ValueError, match="jacobian_dtype"):
+        ifv(**kw, jacobian_dtype="half", output_dir=str(tmp_path / "bad"))
