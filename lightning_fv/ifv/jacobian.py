@@ -96,14 +96,8 @@ class _Pinned:
                 return out
             return pool
 
-        mods = self._modules(self.model)
-        for n, m in mods:
-            m.forward = make(n, m)  # type: ignore[method-assign]
-        try:
+        with self._patched(self.model, make):
             yield
-        finally:
-            for _, m in mods:
-                del m.forward
 
     @contextmanager
     def replay(self) -> Iterator[None]:
@@ -119,7 +113,15 @@ class _Pinned:
                 return flat.view(rec.shape)
             return fwd
 
-        mods = self._modules(self.low)
+        with self._patched(self.low, make):
+            yield
+
+    @contextmanager
+    def _patched(self, net: nn.Module,
+                 make: Callable[[str, nn.Module], Callable[[Tensor], Tensor]]) -> Iterator[None]:
+        """Give the ReLU / max-pool modules of ``net`` the forwards ``make(name, module)``
+        inside the block (instance attributes, removed on exit, also on error)."""
+        mods = self._modules(net)
         for n, m in mods:
             m.forward = make(n, m)  # type: ignore[method-assign]
         try:
