@@ -123,6 +123,16 @@ class SanityCheckCallback(ScheduledCallback):
             except KeyError as err:
                 raise KeyError(f"{type(self).__name__}: {err.args[0]}") from None
 
+    def _report_errors(self, trainer: L.Trainer, parts: list[dict[str, Any]]) -> bool:
+        """Warn about the errors gathered from all ranks and record them in ``history``;
+        ``True`` if there were any."""
+        errors = [p["error"] for p in parts if p["error"]]
+        for e in errors:
+            rank_zero_warn(e)
+        if errors:
+            self.history.append({"epoch": int(trainer.current_epoch), "errors": errors})
+        return bool(errors)
+
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str = "epoch"
             ) -> SanityCheckResult | None:
         """Render, compare, gather and log (all ranks must call it)."""
@@ -149,11 +159,7 @@ class SanityCheckCallback(ScheduledCallback):
                 error = (f"{type(self).__name__}: rendering unit(s) "
                          f"{[units[c] for c, _ in mine]} failed: {type(err).__name__}: {err}")
         parts = gather_objects(trainer, {"vis": vis_part or [], "jobs": mine, "error": error})
-        errors = [p["error"] for p in parts if p["error"]]
-        if errors:
-            for e in errors:
-                rank_zero_warn(e)
-            self.history.append({"epoch": int(trainer.current_epoch), "errors": errors})
+        if self._report_errors(trainer, parts):
             return None
         shards = [[units[c] for c, _ in p["jobs"]] for p in parts]
         vis = torch.stack(unshard([p["vis"] for p in parts]))
@@ -175,11 +181,7 @@ class SanityCheckCallback(ScheduledCallback):
             error = f"{type(self).__name__}: similarity failed: {type(err).__name__}: {err}"
         parts = gather_objects(trainer, {"groups": groups, "error": error,
                                          "kept": int(keep.sum()) if error is None else 0})
-        errors = [p["error"] for p in parts if p["error"]]
-        if errors:
-            for e in errors:
-                rank_zero_warn(e)
-            self.history.append({"epoch": int(trainer.current_epoch), "errors": errors})
+        if self._report_errors(trainer, parts):
             return None
         merged = {k: v for p in parts for k, v in p["groups"].items()}
         result = summarize_groups(self.layers, [merged[name] for name in self.layers],
