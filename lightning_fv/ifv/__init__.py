@@ -43,6 +43,7 @@ from lightning_fv.ifv.gradifv import (
 )
 from lightning_fv.ifv.hoyer import hoyer, sample_targets, sparse_unit_vectors
 from lightning_fv.ifv.jacobian import (
+    affine_batchnorm,
     feature_jacobian,
     feature_jacobian_loop,
     jacobian_gram,
@@ -54,6 +55,7 @@ __all__ = [
     "SSIM_THRESHOLD",
     "CriticalSpace",
     "IFVResult",
+    "affine_batchnorm",
     "alpha_coefficients",
     "angular_distance",
     "approximate_cokernel",

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_fv.ifv import (
+    affine_batchnorm,
     alpha_coefficients,
     angular_distance,
     feature_jacobian,
@@ -203,3 +204,55 @@ def test_bad_feature_index_names_the_valid_range() -> None:
     net = ConvFeatures().eval()
     with pytest.raises(ValueError, match=r"\[0, 6\)"):
         feature_jacobian(net, "act", torch.rand(1, 3, 8, 8), features=torch.tensor([6]))
+
+
+def _randomize_batchnorms(net: nn.Module) -> None:
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            if m.affine:
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.normal_(0, 0.2)
+
+
+def test_affine_batchnorm_is_the_eval_batch_norm_and_is_undone() -> None:
+    torch.manual_seed(0)
+    cases = [(nn.BatchNorm1d(5), (4, 5)), (nn.BatchNorm1d(5, affine=False), (4, 5, 7)),
+             (nn.BatchNorm2d(3), (2, 3, 6, 6)), (nn.BatchNorm3d(2), (2, 2, 3, 4, 4))]
+    for bn, shape in cases:
+        bn = bn.double().eval()
+        _randomize_batchnorms(bn)
+        x = torch.randn(shape, dtype=torch.float64)
+        with affine_batchnorm(bn):
+            assert "forward" in vars(bn)
+            out = bn(x)
+        assert "forward" not in vars(bn)
+        torch.testing.assert_close(out, bn(x), rtol=1e-12, atol=1e-12)
+    train_bn = nn.BatchNorm2d(3).train()
+    with affine_batchnorm(train_bn):  # batch statistics: not affine, left alone
+        assert "forward" not in vars(train_bn)
+    eval_bn = nn.BatchNorm2d(3).eval()
+    with pytest.raises(RuntimeError, match="boom"), affine_batchnorm(eval_bn):
+        raise RuntimeError("boom")
+    assert "forward" not in vars(eval_bn)
+
+
+def test_jacobian_through_affine_batch_norms_equals_the_plain_one() -> None:
+    """float64 ResNet-18 with non-trivial running statistics: the batched Jacobian with
+    batch norms in affine form equals the one through ``F.batch_norm`` and the loop."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    net = resnet18().double().eval()
+    _randomize_batchnorms(net)
+    imgs = torch.rand(2, 3, 48, 48, dtype=torch.float64)
+    feats = torch.arange(5)
+    y, jac = feature_jacobian(net, "layer2", imgs, features=feats, chunk_size=3)
+    y0, jac0 = feature_jacobian(net, "layer2", imgs, features=feats, chunk_size=3,
+                                affine_bn=False)
+    yl, jacl = feature_jacobian_loop(net, "layer2", imgs, features=feats)
+    torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(jac, jac0, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(jac, jacl, rtol=1e-10, atol=1e-12)
+    assert all("forward" not in vars(m) for m in net.modules())
