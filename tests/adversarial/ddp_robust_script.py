@@ -28,6 +28,10 @@ def main(out: str, devices: int) -> None:
     with open(f"{out}/rank{trainer.global_rank}.json", "w") as f:
         json.dump({"checksum": checksum, "metrics": metrics, "steps": trainer.global_step,
                    "world": trainer.world_size}, f)
+    # rank 0 (the launching process) must not exit before rank 1 has written its file:
+    # the test reads both as soon as rank 0 returns
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 if __name__ == "__main__":
