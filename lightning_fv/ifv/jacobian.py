@@ -76,7 +76,8 @@ def _eval_batchnorms(net: nn.Module) -> list[tuple[str, nn.Module]]:
     (eval mode): each is then an affine map per channel."""
     return [(n, m) for n, m in net.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
-            and m.track_running_stats and m.running_mean is not None]
+            and m.track_running_stats and m.running_mean is not None
+            and not isinstance(m.running_mean, nn.parameter.UninitializedBuffer)]
 
 
 @contextmanager

@@ -256,3 +256,29 @@ def test_jacobian_through_affine_batch_norms_equals_the_plain_one() -> None:
     torch.testing.assert_close(jac, jac0, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(jac, jacl, rtol=1e-10, atol=1e-12)
     assert all("forward" not in vars(m) for m in net.modules())
+
+
+def test_affine_batchnorm_leaves_uninitialized_lazy_batch_norms_alone() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LazyBatchNorm2d()).eval()
+    x = torch.rand(1, 3, 8, 8)
+    with affine_batchnorm(net):
+        assert "forward" not in vars(net[1])
+        out = net(x)  # initializes the lazy module as usual
+    assert out.shape == (1, 4, 6, 6)
+    with affine_batchnorm(net):  # initialized now: patched, and the same map
+        assert "forward" in vars(net[1])
+        torch.testing.assert_close(net(x), out)
+
+
+def test_jacobian_of_a_batch_norm_layer_itself_is_unchanged_by_the_affine_form() -> None:
+    """The captured layer may be a batch norm (e.g. ``block2.bn`` in the IFV miniature):
+    its forward hook sees the affine form's output, the same response and Jacobian."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU()).double().eval()
+    _randomize_batchnorms(net)
+    imgs = torch.rand(2, 3, 9, 9, dtype=torch.float64)
+    y, jac = feature_jacobian(net, "1", imgs)
+    y0, jac0 = feature_jacobian(net, "1", imgs, affine_bn=False)
+    torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(jac, jac0, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(y, feature_jacobian(net, "0", imgs)[0][:, :6])  # the BN acts
