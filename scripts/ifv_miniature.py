@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--out", default="docs/figures")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seeds the targets, random objectives and realizations")
     ap.add_argument("--runs", default="ABC", help="which runs to (re)do; others are kept "
                     "from an existing ifv_results.json")
     args = ap.parse_args()
@@ -73,7 +75,8 @@ def main() -> None:
         if name not in args.runs:
             continue
         t0 = time.time()
-        res = run_ifv(model, layer, args.n_targets, k=k, reopt_steps=reopt, seed=0, **common)
+        res = run_ifv(model, layer, args.n_targets, k=k, reopt_steps=reopt, seed=args.seed,
+                      **common)
         entry: dict[str, object] = {
             "layer": layer, "k": k, "n": int(res.targets.shape[0]),
             "angles": {kind: stats(res.angles[kind]) for kind in ("predicted", "response",
