@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_fv.optvis.hooks import capture, preserved_state
-from lightning_fv.optvis.objectives import OUTPUT, aggregate
+from lightning_fv.optvis.objectives import OUTPUT, aggregate, check_maxpool_size
 from lightning_fv.optvis.param import ImageParam
 
 Parameterization = Callable[[Tensor], Tensor]
@@ -189,6 +189,7 @@ def _pinned_aggregate(act_low: Tensor, act32: Tensor, aggregation: str) -> Tenso
     """:func:`aggregate` of ``act_low`` with the max-pooling argmax taken from ``act32``."""
     if aggregation != "maxpool_mean" or act_low.dim() != 4:
         return aggregate(act_low.float(), aggregation)
+    check_maxpool_size(act32)
     _, idx = nn.functional.max_pool2d(act32, 3, stride=1, return_indices=True)
     pooled = act_low.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
     return pooled.float().mean((-2, -1))

@@ -176,6 +176,16 @@ def direction(layer: str, vec: Tensor) -> Objective:
     return Objective(fn, [layer], f"direction({layer})")
 
 
+def check_maxpool_size(act: Tensor) -> None:
+    """Raise a ``ValueError`` naming the size when ``(B, C, H, W)`` activations are too small
+    for the 3×3 max pooling of the ``"maxpool_mean"`` aggregation."""
+    h, w = act.shape[-2:]
+    if h < 3 or w < 3:
+        raise ValueError(
+            f"aggregation 'maxpool_mean' pools 3×3 windows but the layer's activations are "
+            f"{h}×{w}; use larger images or aggregation='mean' / 'center'")
+
+
 def aggregate(act: Tensor, aggregation: str = "maxpool_mean") -> Tensor:
     """Feature response ``y`` ``(B, C)`` from activations ``(B, C, H, W)`` or ``(B, C)``.
 
@@ -185,9 +195,11 @@ def aggregate(act: Tensor, aggregation: str = "maxpool_mean") -> Tensor:
     """
     if act.dim() == 2:
         if aggregation not in ("identity", "maxpool_mean", "mean", "center"):
-            raise ValueError(f"unknown aggregation {aggregation!r}")
+            raise ValueError(f"unknown aggregation {aggregation!r}; valid: maxpool_mean, "
+                             "mean, center, identity")
         return act
     if aggregation == "maxpool_mean":
+        check_maxpool_size(act)
         return F.max_pool2d(act, 3, stride=1).mean((-2, -1))
     if aggregation == "mean":
         return act.mean((-2, -1))

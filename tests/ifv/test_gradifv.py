@@ -282,3 +282,13 @@ def test_jacobian_of_a_batch_norm_layer_itself_is_unchanged_by_the_affine_form()
     torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(jac, jac0, rtol=1e-10, atol=1e-12)
     assert not torch.equal(y, feature_jacobian(net, "0", imgs)[0][:, :6])  # the BN acts
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_too_small_layer_for_maxpool_aggregation_names_the_size(dtype) -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU()).eval()
+    with pytest.raises(ValueError, match=r"activations are 2×2; use larger images or "
+                                         r"aggregation='mean'"):
+        feature_jacobian(net, "1", torch.rand(1, 3, 8, 8), compute_dtype=dtype)
+    _, jac = feature_jacobian(net, "1", torch.rand(1, 3, 8, 8), aggregation="mean")
+    assert jac.shape == (1, 4, 3, 8, 8)
