@@ -159,7 +159,7 @@ class _Pinned:
                 return out
             return pool
 
-        with self._patched(self.model, make):
+        with _patched_forwards(self._modules(self.model), make):
             yield
 
     @contextmanager
@@ -176,13 +176,8 @@ class _Pinned:
                 return flat.view(rec.shape)
             return fwd
 
-        with self._patched(self.low, make):
+        with _patched_forwards(self._modules(self.low), make):
             yield
-
-    def _patched(self, net: nn.Module,
-                 make: Callable[[str, nn.Module], Callable[[Tensor], Tensor]]
-                 ) -> AbstractContextManager[None]:
-        return _patched_forwards(self._modules(net), make)
 
 
 def _pinned_aggregate(act_low: Tensor, act32: Tensor, aggregation: str) -> Tensor:
