@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import torch
 from torch import Tensor, nn
 
-from lightning_fv.optvis.hooks import capture, preserved_state
+from lightning_fv.optvis.hooks import capture, patched_forwards, preserved_state
 from lightning_fv.optvis.objectives import OUTPUT, aggregate, check_maxpool_size
 from lightning_fv.optvis.param import ImageParam
 
@@ -50,31 +50,10 @@ def _check_features(features: Tensor | None, n_f: int) -> Tensor | None:
     return idx
 
 
-@contextmanager
-def _patched_forwards(
-    mods: list[tuple[str, nn.Module]],
-    make: Callable[[str, nn.Module], Callable[[Tensor], Tensor]],
-) -> Iterator[None]:
-    """Give each module the forward ``make(name, module)`` inside the block (an instance
-    attribute, so the module's hooks still run); the previous forwards are restored on
-    exit, also on error."""
-    saved = [m.__dict__.get("forward") for _, m in mods]
-    for n, m in mods:
-        m.forward = make(n, m)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        for (_, m), old in zip(mods, saved):
-            if old is None:
-                del m.forward
-            else:
-                m.forward = old  # type: ignore[method-assign]
-
-
-def _eval_batchnorms(net: nn.Module) -> list[tuple[str, nn.Module]]:
+def _eval_batchnorms(net: nn.Module) -> list[nn.Module]:
     """The batch-norm modules of ``net`` that normalize with their running statistics
     (eval mode): each is then an affine map per channel."""
-    return [(n, m) for n, m in net.named_modules()
+    return [m for m in net.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
             and m.track_running_stats and m.running_mean is not None
             and not isinstance(m.running_mean, nn.parameter.UninitializedBuffer)]
@@ -95,7 +74,7 @@ def affine_batchnorm(net: nn.Module) -> Iterator[None]:
     (``benchmarks/bench_ifv_jacobian.py --device cpu --small --repeats 5``).
     """
 
-    def make(_: str, bn: nn.Module) -> Callable[[Tensor], Tensor]:
+    def make(bn: nn.Module) -> Callable[[Tensor], Tensor]:
         def fwd(x: Tensor) -> Tensor:
             dt = torch.promote_types(x.dtype, torch.float32)  # bf16 buffers: fold in fp32
             with torch.no_grad():
@@ -109,7 +88,7 @@ def affine_batchnorm(net: nn.Module) -> Iterator[None]:
             return torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).view(shape))
         return fwd
 
-    with _patched_forwards(_eval_batchnorms(net), make):
+    with patched_forwards(_eval_batchnorms(net), make):
         yield
 
 
@@ -140,6 +119,14 @@ class _Pinned:
         return [(n, m) for n, m in net.named_modules()
                 if type(m) in (nn.ReLU, nn.MaxPool2d)]
 
+    def _patched(self, net: nn.Module,
+                 make: Callable[[str, nn.Module], Callable[[Tensor], Tensor]]
+                 ) -> AbstractContextManager[None]:
+        """The ReLU / max-pool modules of ``net`` get the forwards ``make(name, module)``."""
+        named = self._modules(net)
+        names = {id(m): n for n, m in named}
+        return patched_forwards([m for _, m in named], lambda m: make(names[id(m)], m))
+
     @contextmanager
     def record(self) -> Iterator[None]:
         self.masks = {n: [] for n, _ in self._modules(self.model)}
@@ -159,7 +146,7 @@ class _Pinned:
                 return out
             return pool
 
-        with _patched_forwards(self._modules(self.model), make):
+        with self._patched(self.model, make):
             yield
 
     @contextmanager
@@ -176,7 +163,7 @@ class _Pinned:
                 return flat.view(rec.shape)
             return fwd
 
-        with _patched_forwards(self._modules(self.low), make):
+        with self._patched(self.low, make):
             yield
 
 

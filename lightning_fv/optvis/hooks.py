@@ -10,7 +10,7 @@ and parameter gradients exactly.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -237,3 +237,22 @@ def expand_units(units: list[str], model: nn.Module, image_size: int) -> list[st
     return out
 
 
+@contextmanager
+def patched_forwards(
+    mods: Sequence[nn.Module],
+    make: Callable[[nn.Module], Callable[..., Tensor]],
+) -> Iterator[None]:
+    """Give each module of ``mods`` the forward ``make(module)`` inside the block (an
+    instance attribute, so the module's hooks still run); the previous forwards are
+    restored on exit, also on error."""
+    saved = [m.__dict__.get("forward") for m in mods]
+    for m in mods:
+        m.forward = make(m)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for m, old in zip(mods, saved):
+            if old is None:
+                del m.forward
+            else:
+                m.forward = old  # type: ignore[method-assign]

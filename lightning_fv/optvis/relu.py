@@ -28,6 +28,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from lightning_fv.optvis.hooks import patched_forwards
+
 
 class _RedirectedReLU(torch.autograd.Function):
     @staticmethod
@@ -61,13 +63,8 @@ def redirect_relus(model: nn.Module, enabled: bool = True) -> Iterator[list[nn.R
         The list of redirected modules (empty when ``enabled`` is false).
     """
     mods = [m for m in model.modules() if type(m) is nn.ReLU] if enabled else []
-    for m in mods:
-        m.forward = redirected_relu  # type: ignore[method-assign]
-    try:
+    with patched_forwards(mods, lambda _: redirected_relu):
         yield mods
-    finally:
-        for m in mods:
-            del m.forward
 
 
 __all__ = ["redirect_relus", "redirected_relu"]
