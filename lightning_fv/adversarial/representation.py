@@ -17,14 +17,13 @@ rescale them (:meth:`lightning_fv.adversarial.PGDConfig.scaled`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from lightning_fv.optvis.constrained import maximize_in_ball
-from lightning_fv.optvis.hooks import get_layer, preserved_state
+from lightning_fv.optvis.hooks import capture, get_layer, preserved_state
 from lightning_fv.optvis.projected import Norm
 
 
@@ -49,30 +48,16 @@ def classifier_weight(model: nn.Module, classifier: str | None = None) -> Tensor
     return final_linear(model, classifier)[1].weight
 
 
-@contextmanager
-def _recorded_input(module: nn.Module) -> Iterator[dict[str, Tensor]]:
-    store: dict[str, Tensor] = {}
-
-    def pre_hook(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
-        store["input"] = args[0]
-
-    handle = module.register_forward_pre_hook(pre_hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
 def representation_and_logits(
     model: nn.Module, x: Tensor, classifier: str | None = None
 ) -> tuple[Tensor, Tensor]:
     """``(R(x) (B, k), logits (B, num_classes))`` from one forward pass (§2)."""
-    _, lin = final_linear(model, classifier)
-    with _recorded_input(lin) as store:
+    name, _ = final_linear(model, classifier)
+    with capture(model, [name], at="input") as acts:
         logits = model(x)
-    if "input" not in store:
-        raise RuntimeError("the final linear layer was not called in the forward pass")
-    return store["input"].flatten(1), logits
+    if name not in acts:
+        raise RuntimeError(f"the final linear layer {name!r} was not called in the forward pass")
+    return acts[name].flatten(1), logits
 
 
 def representation(model: nn.Module, x: Tensor, classifier: str | None = None) -> Tensor:

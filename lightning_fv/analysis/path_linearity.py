@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_fv.optvis.hooks import Unit, capture, parse_unit, preserved_state
+from lightning_fv.optvis.hooks import INPUT_KEY, Unit, parse_unit, record
 from lightning_fv.optvis.objectives import units_objective
 
 
@@ -196,18 +196,10 @@ def unit_activations(model: nn.Module, unit: str | Unit, images: Tensor | Iterab
     Returns ``(values (N,), images (N, 3, H, W) on the CPU)``.
     """
     u = parse_unit(unit)
-    p = next(iter(model.parameters()), None)
-    device = p.device if p is not None else torch.device("cpu")
-    batches = (images[s:s + batch_size] for s in range(0, images.shape[0], batch_size)) \
-        if isinstance(images, Tensor) else images
-    vals, imgs = [], []
-    with preserved_state(model), capture(model, [u.layer], detach=True) as acts:
-        for b in batches:
-            x = b[0] if isinstance(b, (tuple, list)) else b
-            model(x.to(device))
-            vals.append(units_objective([u] * x.shape[0])(acts).float().cpu())
-            imgs.append(x.detach().cpu())
-    return torch.cat(vals), torch.cat(imgs)
+    acts = record(model, [u.layer], images, batch_size=batch_size, to_cpu=True,
+                  keep_inputs=True,
+                  reduce=lambda a: units_objective([u] * a.shape[0])({u.layer: a}).float())
+    return acts[u.layer], acts[INPUT_KEY]
 
 
 def top_activating(model: nn.Module, unit: str | Unit, images: Tensor | Iterable, m: int = 20,

@@ -44,7 +44,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_fv.analysis.rank import METRICS, standardize
-from lightning_fv.optvis.hooks import capture, preserved_state
+from lightning_fv.optvis.hooks import OUTPUT_KEY, preserved_state, record
+from lightning_fv.utils.device import model_device
 
 DEFAULT_STRIDES = (10, 100, 5)
 GROUPS = ("upper", "lower", "fv")
@@ -121,12 +122,6 @@ class SanityCheckResult:
 # --------------------------------------------------------------------------- activations
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@torch.no_grad()
 def layer_activations(model: nn.Module, images: Tensor, layers: Sequence[str],
                       batch_size: int = 64, with_output: bool = False
                       ) -> dict[str, Tensor]:
@@ -138,27 +133,18 @@ def layer_activations(model: nn.Module, images: Tensor, layers: Sequence[str],
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    device = _device(model)
-    out: dict[str, list[Tensor]] = {name: [] for name in layers}
-    outputs: list[Tensor] = []
-    with preserved_state(model), capture(model, list(layers), detach=True) as acts:
-        for s in range(0, images.shape[0], batch_size):
-            y = model(images[s:s + batch_size].to(device))
-            for name in layers:
-                out[name].append(acts[name].flatten(1).float())
-            if with_output:
-                outputs.append(y.detach().float())
-    result = {name: torch.cat(v) for name, v in out.items()}
+    acts = record(model, list(layers), images, batch_size=batch_size,
+                  reduce=lambda a: a.flatten(1).float(), keep_output=with_output)
     if with_output:
-        result["__output__"] = torch.cat(outputs)
-    return result
+        acts[OUTPUT_KEY] = acts[OUTPUT_KEY].float()
+    return dict(acts)
 
 
 @torch.no_grad()
 def correctly_classified(model: nn.Module, images: Tensor, labels: Tensor,
                          batch_size: int = 64) -> Tensor:
     """``(N,)`` bool: the model's top-1 class equals ``labels`` (C.3 excludes the others)."""
-    device = _device(model)
+    device = model_device(model)
     preds = []
     with preserved_state(model):
         for s in range(0, images.shape[0], batch_size):

@@ -39,6 +39,7 @@ from lightning_fv.optvis.hooks import capture, preserved_state
 from lightning_fv.optvis.objectives import OUTPUT, cosine_power
 from lightning_fv.optvis.param import ImageParam
 from lightning_fv.optvis.render import render
+from lightning_fv.utils.device import model_device
 from lightning_fv.utils.rng import make_generator
 
 KINDS = ("predicted", "target", "response", "random")
@@ -134,7 +135,7 @@ def visualize_targets(
     L-BFGS (``lbfgs_steps``) on the P_rgb parameterization, no transforms. Sample ``i``
     uses seed ``seed + i``. Returns the optimized :class:`ImageParam` (its ``raw`` are the
     parameters ``v`` that Grad-IFV differentiates)."""
-    device = next(iter(model.parameters())).device
+    device = model_device(model)
     n = targets.shape[0]
     gens = [make_generator(seed + i) for i in range(n)]
     param = ImageParam(n, 3, image_size, image_size, generators=gens, device=device, **P_RGB)
@@ -191,7 +192,7 @@ def run_ifv(
     if k < 0:
         raise ValueError(f"cosine power k must be >= 0, got {k}")
     gen = make_generator(seed)
-    device = next(iter(model.parameters())).device
+    device = model_device(model)
     with torch.inference_mode(False), torch.no_grad(), preserved_state(model):
         probe = torch.zeros(1, 3, image_size, image_size, device=device)
         layers = [] if layer == OUTPUT else [layer]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_fv.optvis.hooks import capture, preserved_state
+from lightning_fv.optvis.hooks import record
 
 
 def image_correlation(a: Tensor, b: Tensor) -> Tensor:
@@ -49,17 +49,13 @@ def texture_descriptors(model: nn.Module, images: Tensor,
     """Per-image texture statistics ``(N, D)``: the spatial mean and standard deviation of
     every channel of ``layers`` (Gatys-style first and second moments, as in AdaIN), in
     float64. Position-free, so two renders of one texture at different phases match."""
-    out = []
-    dev = next(model.parameters()).device
-    with preserved_state(model), capture(model, list(layers), detach=True) as acts:
-        for s in range(0, images.shape[0], batch_size):
-            model(images[s:s + batch_size].to(dev))
-            parts = []
-            for name in layers:
-                f = acts[name].double().flatten(2)
-                parts += [f.mean(2), f.std(2, unbiased=False)]
-            out.append(torch.cat(parts, 1).cpu())
-    return torch.cat(out)
+    def moments(a: Tensor) -> Tensor:
+        f = a.double().flatten(2)
+        return torch.cat([f.mean(2), f.std(2, unbiased=False)], 1)
+
+    acts = record(model, list(layers), images, batch_size=batch_size, reduce=moments,
+                  to_cpu=True)
+    return torch.cat([acts[name] for name in layers], 1)
 
 
 def texture_similarity(model: nn.Module, images: Tensor, natural: Tensor,
@@ -89,14 +85,8 @@ def texture_similarity(model: nn.Module, images: Tensor, natural: Tensor,
 @torch.no_grad()
 def layer_response(model: nn.Module, layer: str, images: Tensor, batch_size: int = 128) -> Tensor:
     """Channel-mean activations ``(N, C)`` of ``layer`` (or ``(N, C)`` for a linear layer)."""
-    out = []
-    dev = next(model.parameters()).device
-    with preserved_state(model), capture(model, [layer], detach=True) as acts:
-        for s in range(0, images.shape[0], batch_size):
-            model(images[s:s + batch_size].to(dev))
-            a = acts[layer]
-            out.append((a.flatten(2).mean(2) if a.dim() > 2 else a).cpu())
-    return torch.cat(out)
+    return record(model, [layer], images, batch_size=batch_size, reduce="channel_mean",
+                  to_cpu=True)[layer]
 
 
 def target_hit_rate(response: Tensor, targets: Sequence[int],

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_fv.manipulation.detector_net import DetectorCNN
-from lightning_fv.optvis.hooks import get_layer
+from lightning_fv.optvis.hooks import get_layer, record
 
 MODES = ("relu", "split", "offset")
 GATE_NAME = "fooling_gate"
@@ -255,15 +255,8 @@ def check_k(model: nn.Module, *inputs: Tensor, batch_size: int = 256) -> KReport
     for m in layers.values():
         m.violations, m.last_violation = 0, ""
         m.max_suppressed = {"natural": 0.0, "visualization": 0.0}
-    was = model.training
-    model.eval()
-    try:
-        for x in inputs:
-            dev = next(model.parameters()).device
-            for i in range(0, x.shape[0], batch_size):
-                model(x[i:i + batch_size].to(dev))
-    finally:
-        model.train(was)
+    for x in inputs:  # the gates observe every forward; nothing needs recording
+        record(model, [], x, batch_size=batch_size)
     return KReport(
         k={n: float(m.k) for n, m in layers.items()},
         max_suppressed={n: dict(m.max_suppressed) for n, m in layers.items()},

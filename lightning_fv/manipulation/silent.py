@@ -48,7 +48,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_fv.optvis.hooks import get_layer
+from lightning_fv.optvis.hooks import get_layer, record
 
 
 class SilentUnits(nn.Module):
@@ -142,20 +142,9 @@ def random_pattern(conv: nn.Conv2d, seed: int = 0) -> Tensor:
 def conv_inputs(model: nn.Module, conv_name: str, images: Tensor,
                 batch_size: int = 256) -> list[Tensor]:
     """The inputs ``x`` of layer ``conv_name`` for ``images`` ``(N, 3, H, W)``, in batches
-    (a forward hook registered only for this call)."""
-    conv = get_layer(model, conv_name)
-    got: list[Tensor] = []
-    handle = conv.register_forward_hook(lambda _m, i, _o: got.append(i[0].detach()))
-    was = model.training
-    try:
-        model.eval()
-        dev = next(model.parameters()).device
-        for s in range(0, images.shape[0], batch_size):
-            model(images[s:s + batch_size].to(dev))
-    finally:
-        handle.remove()
-        model.train(was)
-    return got
+    (recorded with :func:`~lightning_fv.optvis.hooks.record`, the model's state restored)."""
+    x = record(model, [conv_name], images, at="input", batch_size=batch_size)[conv_name]
+    return list(x.split(batch_size))
 
 
 def pattern_from_image(model: nn.Module, conv_name: str, image: Tensor,

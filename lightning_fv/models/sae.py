@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_fv.optvis.hooks import capture, preserved_state
+from lightning_fv.optvis.hooks import record
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,8 @@ def layer_tokens(model: nn.Module, layer: str, images: Tensor, batch_size: int =
     """Activations of ``layer`` for ``images`` ``(N, 3, H, W)`` as vectors ``(M, C)``: every
     spatial position of a conv output ``(N, C, h, w)`` is one vector (``M = N·h·w``); a
     ``(N, C)`` output gives ``M = N``. The model's mode and flags are restored."""
-    out = []
-    dev = next(iter(model.parameters()), torch.empty(0)).device
-    with preserved_state(model), capture(model, [layer], detach=True) as acts:
-        for i in range(0, images.shape[0], batch_size):
-            model(images[i:i + batch_size].to(dev))
-            a = acts[layer]
-            out.append((a.movedim(1, -1).reshape(-1, a.shape[1]) if a.dim() > 2 else a).cpu())
-    return torch.cat(out)
+    return record(model, [layer], images, batch_size=batch_size, reduce="positions",
+                  to_cpu=True)[layer]
 
 
 def train_sae(

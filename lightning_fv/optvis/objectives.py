@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_fv.optvis.hooks import Unit, check_unit_index, parse_unit
+from lightning_fv.optvis.hooks import INPUT_KEY, OUTPUT_KEY, Unit, check_unit_index, parse_unit
 
-OUTPUT = "__output__"
-INPUT = "__input__"
+OUTPUT = OUTPUT_KEY
+INPUT = INPUT_KEY
 
 Index = int | Sequence[int] | Tensor
 

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lightning_fv.models.normalize import Normalize
-from lightning_fv.optvis.hooks import Unit, capture, parse_unit, preserved_state
+from lightning_fv.optvis.hooks import Unit, capture, parse_units, preserved_state
 from lightning_fv.optvis.objectives import INPUT, OUTPUT, Objective, as_objective, units_objective
 from lightning_fv.optvis.param import ImageParam
 from lightning_fv.optvis.relu import redirect_relus
 from lightning_fv.optvis.transform import TransformChain, TransformLike, standard_transforms
+from lightning_fv.utils.device import model_device, model_dtype
+from lightning_fv.utils.preprocess import NormalizeLike, as_normalize
 from lightning_fv.utils.rng import make_generator
 
 OptimizerFactory = Callable[[list[Tensor]], torch.optim.Optimizer]
@@ -102,20 +103,32 @@ def _channels_last(model: nn.Module, enabled: bool) -> Iterator[None]:
             t.data = data
 
 
-def _as_normalize(normalize: object, device: torch.device) -> nn.Module | None:
-    if normalize is None:
-        return None
-    if isinstance(normalize, nn.Module):
-        return normalize.to(device)
-    mean, std = normalize  # type: ignore[misc]
-    return Normalize(mean, std).to(device)
+#: Rendering presets named by their source. ``"lucent"`` is what torch-lucent 0.1.8's
+#: ``render_vis`` does, the renderer of `dont-trust-your-eyes…` (App. C.2): no gradient
+#: redirection. ``"lucid"`` adds Lucid's redirected-ReLU warm-up for the first 16 steps
+#: (units closed on the starting noise would otherwise never move). Both use Fourier +
+#: decorrelated + sigmoid images, ``standard_transforms`` and Adam (lr 0.05). One
+#: difference from Lucent remains in both: our ``random_scale`` resamples inside the
+#: canvas (fixed size) where Lucent's upsamples and grows it by up to 10 %.
+PRESETS: dict[str, dict[str, int]] = {
+    "lucent": {"redirect_relu_steps": 0},
+    "lucid": {"redirect_relu_steps": 16},
+}
+DEFAULT_PRESET = "lucid"
+
+
+def preset_settings(preset: str) -> dict[str, int]:
+    """The settings of a named rendering preset (see :data:`PRESETS`)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {sorted(PRESETS)}")
+    return dict(PRESETS[preset])
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    p = next(iter(model.parameters()), None)
-    if p is None:
-        return torch.device("cpu"), torch.float32
-    return p.device, (p.dtype if p.is_floating_point() else torch.float32)
+    return model_device(model), model_dtype(model)
+
+
+ProgressFn = Callable[[int, int], None]
 
 
 def render(
@@ -129,16 +142,17 @@ def render(
     batch: int = 1,
     image_size: int | tuple[int, int] = 224,
     init_images: Tensor | None = None,
-    normalize: nn.Module | tuple[Sequence[float], Sequence[float]] | None = None,
+    normalize: NormalizeLike = None,
     seeds: int | Sequence[int] = 0,
     record: Sequence[int] | str | None = None,
     record_grads: bool = True,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     compile: bool = False,
-    progress: bool = False,
+    progress: bool | ProgressFn = False,
     unit_names: Sequence[str] | None = None,
-    redirect_relu_steps: int = 16,
+    redirect_relu_steps: int | None = None,
+    preset: str = DEFAULT_PRESET,
 ) -> RenderResult:
     """Maximize ``objective`` over a batch of parameterized images.
 
@@ -148,7 +162,8 @@ def render(
         objective: an :class:`Objective` returning ``(B,)`` values, or a unit name.
         param: an :class:`ImageParam`, or keyword arguments for one (``fft``,
             ``decorrelate``, ``output``, ``decay_power``, ``color_matrix``, ``sd``).
-        transforms: ``"standard"`` (Lucent's), a list of transforms, or ``None``.
+        transforms: ``"standard"`` (Lucent's), a list of transforms, or ``None`` /
+            ``"none"`` for no transforms.
         optimizer: factory ``params → Optimizer`` (default Adam, lr 0.05). Element-wise
             optimizers (Adam, SGD) keep samples independent.
         thresholds: optimizer-step counts at which to return images (0 = the start).
@@ -164,13 +179,16 @@ def render(
         autocast_dtype: e.g. ``torch.bfloat16`` to run the model under autocast.
         channels_last: run with channels_last weights and input (restored afterwards).
         compile: ``torch.compile`` the model for this call.
-        progress: show a progress bar over steps.
+        progress: ``True`` shows a progress bar over steps; a callable is called as
+            ``progress(step, total)`` after every optimizer step (for a caller's own bar).
         unit_names: names of the samples, used in error messages and the result.
         redirect_relu_steps: during the first this many steps, ``nn.ReLU`` modules pass
             the gradient of a sample whose ordinary ReLU gradient is all zero as if they
             were the identity, in the direction that opens them (Lucid's redirected ReLU,
             :mod:`lightning_fv.optvis.relu`); units that are closed on the starting noise
-            would otherwise never move. ``0`` turns it off.
+            would otherwise never move. ``0`` turns it off; ``None`` takes the preset's.
+        preset: ``"lucid"`` (default: redirected ReLUs for 16 steps) or ``"lucent"``
+            (exactly the paper's renderer, no redirection); see :data:`PRESETS`.
 
     Returns:
         :class:`RenderResult`.
@@ -183,6 +201,8 @@ def render(
     if not thresholds or thresholds[0] < 0:
         raise ValueError(f"thresholds must be non-negative step counts, got {thresholds}")
     total = thresholds[-1]
+    if redirect_relu_steps is None:
+        redirect_relu_steps = preset_settings(preset)["redirect_relu_steps"]
     if redirect_relu_steps < 0:
         raise ValueError(f"redirect_relu_steps must be >= 0, got {redirect_relu_steps}")
     device, dtype = _model_device_dtype(model)
@@ -207,10 +227,14 @@ def render(
     param = param.to(device)
     names = list(unit_names) if unit_names is not None else [f"{obj.name}[{i}]" for i in range(b)]
 
-    chain = TransformChain(standard_transforms() if transforms == "standard" else transforms)
+    if isinstance(transforms, str) and transforms not in ("standard", "none"):
+        raise ValueError(f"unknown transforms {transforms!r}; valid: 'standard', 'none', "
+                         "None or a list of transforms")
+    chain = TransformChain(standard_transforms() if transforms == "standard" else
+                           None if transforms == "none" else transforms)
     draws = chain.draw(generators, max(total, 1)).to(device)
     rec_steps = _record_steps(record, total)
-    norm = _as_normalize(normalize, device)
+    norm = as_normalize(normalize, device)
     opt = (optimizer or default_optimizer)([param.raw])
 
     rec_imgs, rec_grads, rec_vals = [], [], []
@@ -244,7 +268,8 @@ def render(
         if 0 in thresholds:
             snapshot(0)
         steps_iter = range(1, total + 1)
-        if progress:
+        report = progress if callable(progress) else None
+        if progress is True:
             from tqdm.auto import tqdm
 
             steps_iter = tqdm(steps_iter, desc=f"render {b} images", leave=False)
@@ -267,6 +292,8 @@ def render(
                 if record_grads:
                     rec_grads.append(img.grad.detach().float().cpu())
             opt.step()
+            if report is not None:
+                report(step, total)
             if step in thresholds or step == total:
                 _raise_if_bad(first_bad, names)
                 snapshot(step)
@@ -324,10 +351,10 @@ def _raise_if_bad(first_bad: Tensor, names: Sequence[str]) -> None:
 
 def render_units(
     model: nn.Module,
-    units: Sequence[str | Unit],
+    units: str | Sequence[str | Unit],
     chunk_size: int | None = 64,
     seed: int | Sequence[int] = 0,
-    progress: bool = False,
+    progress: bool | ProgressFn = False,
     max_memory_gb: float | None = None,
     **kwargs: object,
 ) -> RenderResult:
@@ -335,38 +362,56 @@ def render_units(
 
     Args:
         model: the model (see :func:`render`).
-        units: Lucent-style names (``"block3:5"``) or :class:`Unit` s, any layers.
+        units: the unit grammar of :func:`~lightning_fv.optvis.hooks.parse_units`
+            (``"block3:5"``, ``"block3:0-15"``, ``"fc:*"``, :class:`Unit` s), any layers.
         chunk_size: units per batch (``None``: all at once). On CUDA, ``max_memory_gb``
             instead sizes chunks from a probe of the per-image memory cost.
         seed: seed for every unit (a unit's image is then the same as when rendered
             alone with that seed), or one seed per unit.
-        progress: progress bar over chunks.
+        progress: ``True`` shows one bar over units × optimizer steps (with an ETA); a
+            callable is called as ``progress(done, total)`` in unit-steps.
         **kwargs: passed to :func:`render` (``thresholds``, ``image_size``, ``record``…).
 
     Returns:
         A :class:`RenderResult` whose tensors concatenate the chunks in unit order.
     """
-    parsed = [parse_unit(u) for u in units]
-    if not parsed:
-        raise ValueError("no units to render")
+    parsed = parse_units(units, model, kwargs.get("image_size"))  # type: ignore[arg-type]
     seeds = [int(seed)] * len(parsed) if isinstance(seed, int) else [int(s) for s in seed]
     if len(seeds) != len(parsed):
         raise ValueError(f"got {len(seeds)} seeds for {len(parsed)} units")
     if max_memory_gb is not None:
         chunk_size = _probe_chunk_size(model, parsed[0], max_memory_gb, kwargs)
     size = chunk_size or len(parsed)
-    chunks = range(0, len(parsed), size)
-    if progress:
+    steps = max(int(t) for t in kwargs.get("thresholds", (512,)))  # type: ignore[union-attr]
+    total = len(parsed) * max(steps, 1)
+    bar = None
+    if progress is True:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, desc=f"render {len(parsed)} units", unit="chunk")
+        bar = tqdm(total=total, desc=f"render {len(parsed)} units x {steps} steps",
+                   unit="unit-step", unit_scale=True)
     results = []
-    for start in chunks:
-        part = parsed[start:start + size]
-        results.append(render(model, units_objective(part), batch=len(part),
-                              seeds=seeds[start:start + size],
-                              unit_names=[str(u) for u in part], **kwargs))
+    try:
+        for start in range(0, len(parsed), size):
+            part = parsed[start:start + size]
+            report = _chunk_progress(progress, bar, start * max(steps, 1), len(part), total)
+            results.append(render(model, units_objective(part), batch=len(part),
+                                  seeds=seeds[start:start + size], progress=report,
+                                  unit_names=[str(u) for u in part], **kwargs))
+    finally:
+        if bar is not None:
+            bar.close()
     return _concat(results)
+
+
+def _chunk_progress(progress: bool | ProgressFn, bar: object, offset: int, n: int,
+                    total: int) -> ProgressFn | bool:
+    """Per-step progress of one chunk of ``n`` units, reported in unit-steps."""
+    if bar is not None:
+        return lambda _step, _steps: bar.update(n)  # type: ignore[attr-defined]
+    if callable(progress):
+        return lambda step, _steps: progress(offset + step * n, total)
+    return False
 
 
 def _concat(results: list[RenderResult]) -> RenderResult:
