@@ -25,11 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_fv.diffusion.model import LightningDiT, lightningdit
 from lightning_fv.diffusion.sampler import sample, time_grid
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+from lightning_fv.utils.device import synchronize
 
 
 def _model_calls(steps: int, cfg_interval_start: float, shift: float | None) -> tuple[int, int]:
@@ -60,12 +56,12 @@ def run(model, compiled, batch, args, dev, dtype):
     autocast = torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32)
     with autocast:
         sample(net, z, y, num_steps=args.warmup_steps, enable_grad=False, **kw)  # warm-up
-        _sync(dev)
+        synchronize(dev)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
         sample(net, z, y, num_steps=args.steps, enable_grad=False, **kw)
-        _sync(dev)
+        synchronize(dev)
         secs = time.perf_counter() - t0
     guided, plain = _model_calls(args.steps, args.cfg_start, args.shift)
     if args.cfg_scale <= 1:
@@ -81,14 +77,14 @@ def run(model, compiled, batch, args, dev, dtype):
             zz = z.clone().requires_grad_(True)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            _sync(dev)
+            synchronize(dev)
             t0 = time.perf_counter()
             try:
                 with autocast:
                     out = sample(net, zz, y, num_steps=args.steps, enable_grad=True,
                                  checkpoint=ckpt, **kw)
                 out.float().square().mean().backward()
-                _sync(dev)
+                synchronize(dev)
                 key = "grad_ckpt" if ckpt else "grad_nockpt"
                 row[f"{key}_s"] = round(time.perf_counter() - t0, 3)
                 if dev.type == "cuda":

@@ -20,10 +20,7 @@ import time
 
 import torch
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from lightning_fv.utils.device import synchronize
 
 
 def main() -> None:
@@ -87,13 +84,13 @@ def main() -> None:
 
     def timed(fn: object, reps: int) -> tuple[float, torch.Tensor]:
         fn()  # warm-up (vmap tracing, cuDNN autotune)
-        _sync(device)
+        synchronize(device)
         best = float("inf")
         out = None
         for _ in range(reps):
             t = time.perf_counter()
             out = fn()
-            _sync(device)
+            synchronize(device)
             best = min(best, time.perf_counter() - t)
         return best, out
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from lightning_fv.adversarial import pgd
 from lightning_fv.models import IMAGENET_MEAN, IMAGENET_STD, Normalize, SmallCNN
-from lightning_fv.modules.robust_classifier import NormalizedModel
+from lightning_fv.utils.preprocess import NormalizedModel
 
 
 def cifar_resnet18(num_classes: int = 10) -> nn.Module:

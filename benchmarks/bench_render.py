@@ -24,11 +24,7 @@ import torchvision
 from lightning_fv.models import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from lightning_fv.optvis.hooks import capture
 from lightning_fv.optvis.render import render_units
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from lightning_fv.utils.device import synchronize
 
 
 def _import_lucent():
@@ -84,11 +80,11 @@ def main() -> None:
     def ours(tag: str, **kw) -> None:
         render_units(model, units[:2], thresholds=(2,), image_size=args.size,
                      normalize=norm, **kw)  # warm-up
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         res = render_units(model, units, chunk_size=None, thresholds=(args.steps,),
                            image_size=args.size, normalize=norm, **kw)
-        _sync(device)
+        synchronize(device)
         dt = time.perf_counter() - t0
         vals = channel_values(model, args.layer, list(range(args.units)),
                               res.final.to(device), norm)
@@ -106,13 +102,13 @@ def main() -> None:
     lucent_render, lucent_param = _import_lucent()
     lucent_imgs, t_lucent = [], 0.0
     for i in range(args.lucent_units):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         imgs = lucent_render.render_vis(
             model, f"{args.layer}:{i}",
             param_f=lambda: lucent_param.image(args.size),
             thresholds=(args.steps,), show_image=False, progress=False)
-        _sync(device)
+        synchronize(device)
         t_lucent += time.perf_counter() - t0
         lucent_imgs.append(torch.from_numpy(imgs[-1]).permute(0, 3, 1, 2))
     lucent = torch.cat(lucent_imgs).to(device)

@@ -25,11 +25,7 @@ import scipy.stats
 import torch
 
 from lightning_fv.analysis.rank import similarity_matrix
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from lightning_fv.utils.device import synchronize
 
 
 def run(device: str, n: int, dim: int, scipy_pairs: int, dtype: str, repeats: int) -> dict:
@@ -40,12 +36,12 @@ def run(device: str, n: int, dim: int, scipy_pairs: int, dtype: str, repeats: in
     tdtype = {"float64": torch.float64, "float32": torch.float32}[dtype]
     xd = x.to(dev)
     similarity_matrix(xd[:4], metric="spearman", dtype=tdtype)  # warm-up
-    _sync(dev)
+    synchronize(dev)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         s = similarity_matrix(xd, metric="spearman", dtype=tdtype)
-        _sync(dev)
+        synchronize(dev)
         times.append(time.perf_counter() - t0)
     t_batched = min(times)
     pairs = n * (n - 1) // 2

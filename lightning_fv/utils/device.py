@@ -36,3 +36,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ValueError(
             f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
         ) from err
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on ``device`` (a no-op on the CPU): call before reading a
+    clock around GPU work."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
