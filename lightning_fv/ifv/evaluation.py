@@ -87,15 +87,19 @@ def reoptimize(
     param: dict | None = None,
     normalize: nn.Module | tuple | None = None,
     lr: float = 0.05,
+    redirect_relu_steps: int = 16,
 ) -> Tensor:
     """Re-optimize realizations ``images`` ``(B, 3, H, W)`` in [0, 1] for the cosine-power
     objectives ``objectives`` ``(B, n_f)`` (one per image) with Adam for ``steps`` steps,
     starting exactly at the images (§3.4). ``param`` are :class:`ImageParam` keywords
-    (default: the paper's P_rgb, sigmoid pixels); no transforms. Returns ``(B, 3, H, W)``."""
+    (default: the paper's P_rgb, sigmoid pixels); no transforms. ``redirect_relu_steps``
+    is the redirected-ReLU warm-up of :func:`~lightning_fv.optvis.render.render` (16, the
+    ``"lucid"`` preset, by default; the IFV paper's optimizer has none: pass 0 for it).
+    Returns ``(B, 3, H, W)``."""
     kw = dict(fft=False, decorrelate=False, output="sigmoid") if param is None else dict(param)
     res = render(model, cosine_power(layer, objectives.float(), k, aggregation),
                  param=kw, transforms=None, thresholds=(steps,), init_images=images,
-                 normalize=normalize,
+                 normalize=normalize, redirect_relu_steps=redirect_relu_steps,
                  optimizer=lambda p: torch.optim.Adam(p, lr=lr))
     return res.images[steps]
 

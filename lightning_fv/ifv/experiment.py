@@ -130,11 +130,14 @@ def visualize_targets(
     normalize: nn.Module | None = None,
     seed: int = 0,
     lr: float = 0.05,
+    redirect_relu_steps: int = 16,
 ) -> ImageParam:
     """Realizations of ``targets`` ``(n, n_f)`` (§3.2): Adam (``steps``, lr ``lr``) then
     L-BFGS (``lbfgs_steps``) on the P_rgb parameterization, no transforms. Sample ``i``
     uses seed ``seed + i``. Returns the optimized :class:`ImageParam` (its ``raw`` are the
-    parameters ``v`` that Grad-IFV differentiates)."""
+    parameters ``v`` that Grad-IFV differentiates). ``redirect_relu_steps``: the
+    redirected-ReLU warm-up of the Adam phase (16 by default, the ``"lucid"`` preset; 0 is
+    plain Adam as in the IFV paper)."""
     device = model_device(model)
     n = targets.shape[0]
     gens = [make_generator(seed + i) for i in range(n)]
@@ -143,6 +146,7 @@ def visualize_targets(
     with torch.inference_mode(False):
         render(model, cosine_power(layer, tg, k, aggregation), param=param, transforms=None,
                thresholds=(steps,), normalize=normalize, seeds=[seed + i for i in range(n)],
+               redirect_relu_steps=redirect_relu_steps,
                optimizer=lambda p: torch.optim.Adam(p, lr=lr))
         polish_lbfgs(model, layer, param, tg, k, aggregation, normalize, lbfgs_steps)
     return param

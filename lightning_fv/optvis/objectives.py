@@ -295,8 +295,9 @@ def l1(constant: float = 0.0) -> Objective:
 
 
 def l2(constant: float = 0.0) -> Objective:
-    """Minus ``Σ (x − constant)²`` over the image (``λ‖x‖²`` with ``-λ * l2()``... see
-    :func:`l2_penalty` for a scaled version)."""
+    """Minus ``Σ (x − constant)²`` over each image ``(B,)``: already a penalty, so add it
+    scaled by a positive weight to penalize the squared norm, ``obj + l2() * λ`` (the
+    maximized objective is then ``obj − λ‖x − constant‖²``)."""
     return Objective(lambda a: -(a[INPUT] - constant).pow(2).flatten(1).sum(1), [INPUT],
                      f"l2({constant})")
 

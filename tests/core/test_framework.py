@@ -169,3 +169,30 @@ def test_render_units_reports_progress_in_unit_steps(net: Net) -> None:
     # 5 units x 3 steps; chunks of 2, 2, 1 units
     assert [d for d, _ in calls] == [2, 4, 6, 8, 10, 12, 13, 14, 15]
     assert {t for _, t in calls} == {15}
+
+
+def test_l2_is_already_a_penalty_added_with_a_positive_weight(net: Net) -> None:
+    from lightning_fv.optvis import objectives as obj
+
+    x = torch.rand(2, 3, 4, 4)
+    o = obj.channel("conv", 1) + obj.l2(0.5) * 0.1
+    with capture(net, ["conv"]) as acts:
+        net(x)
+    acts[obj.INPUT] = x
+    expected = acts["conv"][:, 1].mean((1, 2)) - 0.1 * (x - 0.5).pow(2).flatten(1).sum(1)
+    torch.testing.assert_close(o(acts), expected)
+
+
+def test_ifv_realizations_take_the_warm_up_as_an_option(net: Net) -> None:
+    from lightning_fv.ifv.evaluation import reoptimize
+
+    with torch.no_grad():
+        net.conv.bias.fill_(-100.0)  # every ReLU closed: no gradient without the warm-up
+    imgs = torch.rand(2, 3, 8, 8) * 0.8 + 0.1
+    objs = torch.rand(2, 4) + 0.1
+    kw = dict(k=0.0, steps=3, aggregation="mean")
+    with pytest.warns(RuntimeWarning, match="exactly zero gradient"):
+        plain = reoptimize(net, "relu", imgs, objs, redirect_relu_steps=0, **kw)
+    warm = reoptimize(net, "relu", imgs, objs, **kw)
+    torch.testing.assert_close(plain, imgs, atol=1e-5, rtol=0)  # never moved
+    assert (warm - imgs).abs().max() > 1e-3  # the default warm-up opened the units
