@@ -176,7 +176,7 @@ def path_linearity(model: nn.Module, unit: str | Unit, start_images: Tensor, ste
     u = parse_unit(unit)
     m = start_images.shape[0]
     res = render(model, units_objective([u] * m), init_images=start_images,
-                 thresholds=(0, steps), record="all", record_grads=True, seeds=seed,
+                 thresholds=(0, steps), record="all", record_grads=True, seed=seed,
                  unit_names=[str(u)] * m, **render_kwargs)
     traj = res.trajectory
     metrics = path_metrics(traj.grads, traj.images, res.images[steps])

@@ -145,7 +145,7 @@ def visualize_targets(
     tg = targets.to(device)
     with torch.inference_mode(False):
         render(model, cosine_power(layer, tg, k, aggregation), param=param, transforms=None,
-               thresholds=(steps,), normalize=normalize, seeds=[seed + i for i in range(n)],
+               thresholds=(steps,), normalize=normalize, seed=[seed + i for i in range(n)],
                redirect_relu_steps=redirect_relu_steps,
                optimizer=lambda p: torch.optim.Adam(p, lr=lr))
         polish_lbfgs(model, layer, param, tg, k, aggregation, normalize, lbfgs_steps)

@@ -7,8 +7,10 @@ steps. :func:`render_units` renders a list of units, sample ``i`` maximizing uni
 in chunks.
 
 Defaults follow `dont-trust-your-eyes…` App. C.2 (Lucent 0.1.8: Fourier + decorrelated
-+ sigmoid image, ``standard_transforms``, Adam with lr 0.05, ``thresholds=(512,)``).
-Every sample has its own ``torch.Generator`` (seed ``seeds[i]``) for its initial noise and
++ sigmoid image, ``standard_transforms``, Adam with lr 0.05, ``thresholds=(512,)``) with
+one named difference: the default preset ``"lucid"`` redirects ReLU gradients for the
+first 16 steps; ``preset="lucent"`` is the paper's renderer exactly (see :data:`PRESETS`).
+Every sample has its own ``torch.Generator`` (``seed[i]``) for its initial noise and
 for its random transforms, so a unit's image does not depend on what else is in the batch.
 """
 
@@ -143,7 +145,7 @@ def render(
     image_size: int | tuple[int, int] = 224,
     init_images: Tensor | None = None,
     normalize: NormalizeLike = None,
-    seeds: int | Sequence[int] = 0,
+    seed: int | Sequence[int] = 0,
     record: Sequence[int] | str | None = None,
     record_grads: bool = True,
     autocast_dtype: torch.dtype | None = None,
@@ -153,6 +155,7 @@ def render(
     unit_names: Sequence[str] | None = None,
     redirect_relu_steps: int | None = None,
     preset: str = DEFAULT_PRESET,
+    seeds: int | Sequence[int] | None = None,
 ) -> RenderResult:
     """Maximize ``objective`` over a batch of parameterized images.
 
@@ -172,7 +175,7 @@ def render(
         init_images: start from these ``(B, C, H, W)`` images instead of noise.
         normalize: ``(mean, std)`` or a module applied after the transforms; ``None`` when
             the model normalizes its input itself. Never guessed.
-        seeds: one seed for all samples or one per sample (initial noise and transforms).
+        seed: one seed for all samples or one per sample (initial noise and transforms).
         record: trajectory steps to keep: ``"all"``, ``"log"`` (15 log-spaced steps, App.
             C.1), or a list of step indices in ``[0, max(thresholds))``.
         record_grads: also keep the gradient w.r.t. the image at recorded steps.
@@ -189,6 +192,7 @@ def render(
             would otherwise never move. ``0`` turns it off; ``None`` takes the preset's.
         preset: ``"lucid"`` (default: redirected ReLUs for 16 steps) or ``"lucent"``
             (exactly the paper's renderer, no redirection); see :data:`PRESETS`.
+        seeds: deprecated name of ``seed``.
 
     Returns:
         :class:`RenderResult`.
@@ -196,6 +200,10 @@ def render(
     Raises:
         FloatingPointError: a non-finite objective or gradient, naming the unit and step.
     """
+    if seeds is not None:
+        warnings.warn("render(seeds=...) is deprecated; use seed=", DeprecationWarning,
+                      stacklevel=2)
+        seed = seeds
     obj = as_objective(objective)
     thresholds = sorted({int(t) for t in thresholds})
     if not thresholds or thresholds[0] < 0:
@@ -214,7 +222,7 @@ def render(
             param.set_images(init_images)
     else:
         b = init_images.shape[0] if init_images is not None else batch
-    seed_list = [int(seeds)] * b if isinstance(seeds, int) else [int(s) for s in seeds]
+    seed_list = [int(seed)] * b if isinstance(seed, int) else [int(s) for s in seed]
     if len(seed_list) != b:
         raise ValueError(f"got {len(seed_list)} seeds for a batch of {b}")
     generators = [make_generator(s) for s in seed_list]
@@ -396,7 +404,7 @@ def render_units(
             part = parsed[start:start + size]
             report = _chunk_progress(progress, bar, start * max(steps, 1), len(part), total)
             results.append(render(model, units_objective(part), batch=len(part),
-                                  seeds=seeds[start:start + size], progress=report,
+                                  seed=seeds[start:start + size], progress=report,
                                   unit_names=[str(u) for u in part], **kwargs))
     finally:
         if bar is not None:

@@ -149,7 +149,7 @@ def test_device_helpers() -> None:
 def test_presets_are_named_by_their_source(net: Net) -> None:
     assert PRESETS["lucent"]["redirect_relu_steps"] == 0
     assert PRESETS["lucid"]["redirect_relu_steps"] == 16
-    kw = dict(image_size=8, thresholds=(4,), transforms="none", seeds=3)
+    kw = dict(image_size=8, thresholds=(4,), transforms="none", seed=3)
     a = render(net, "conv:1", preset="lucent", **kw)
     b = render(net, "conv:1", redirect_relu_steps=0, **kw)
     c = render(net, "conv:1", **kw)
