@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -45,15 +44,16 @@ from lightning_fv.adversarial import (
     PGDConfig,
     accentuate,
     interpolate,
-    invert,
+    invert_scheduled,
     noise_seed,
-    representation,
     robust_accuracy,
 )
 from lightning_fv.data import PHOTO_CLASSES, digits, photo_patches
+from lightning_fv.ifv.evaluation import ssim as ifv_ssim
 from lightning_fv.models import SmallCNN, save_small_cnn
 from lightning_fv.modules.robust_classifier import RobustClassifier
 from lightning_fv.optvis import maximize_in_ball, preserved_state
+from lightning_fv.optvis.objectives import gaussian_blur
 from lightning_fv.utils import save_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,15 +71,9 @@ PRESETS: dict[str, dict[str, object]] = {
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean SSIM of ``(N, 3, H, W)`` image pairs in [0, 1] (skimage, RGB)."""
-    from skimage.metrics import structural_similarity
-
-    vals = [
-        structural_similarity(x.permute(1, 2, 0).numpy(), y.permute(1, 2, 0).numpy(),
-                              channel_axis=2, data_range=1.0)
-        for x, y in zip(a.detach().float().cpu(), b.detach().float().cpu())
-    ]
-    return float(np.mean(vals))
+    """Mean SSIM of ``(N, 3, H, W)`` image pairs in [0, 1] (the library's torchmetrics SSIM,
+    as in the IFV evaluation)."""
+    return float(ifv_ssim(a.detach().float().cpu(), b.detach().float().cpu()).mean())
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -87,15 +81,8 @@ def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (σ in pixels, reflect padding) of ``(N, C, H, W)`` images."""
-    r = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = torch.nn.functional.pad(x, (r, r, r, r), mode="reflect")
-    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    """Gaussian blur (σ in pixels, reflect padding) of ``(N, C, H, W)`` images."""
+    return gaussian_blur(x, sigma, padding="reflect")
 
 
 def save_figure(images: torch.Tensor, path: Path, nrow: int) -> None:
@@ -142,35 +129,12 @@ def train(robust: bool, data: tuple, args: argparse.Namespace) -> nn.Module:
     return module.model.backbone.eval()
 
 
-@torch.no_grad()
-def relative_rep_distance(model: nn.Module, x: torch.Tensor, r_t: torch.Tensor) -> torch.Tensor:
-    """``‖R(x) − R(x_targ)‖ / ‖R(x_targ)‖`` per image ``(B,)``."""
-    with preserved_state(model):
-        r = representation(model, x).float()
-    return (r - r_t).norm(dim=1) / r_t.norm(dim=1).clamp_min(1e-12)
-
-
 def scheduled_inversion(model: nn.Module, targets: torch.Tensor, seed: torch.Tensor,
                         args: argparse.Namespace) -> tuple[torch.Tensor, list[float]]:
-    """Eq. 5 from ``seed`` (ε = 1000, i.e. unconstrained) with a geometrically decaying
-    step size: ``inv_chunks`` chunks of ``inv_steps / inv_chunks`` steps each, the step
-    going from ``inv_step`` to ``inv_step·inv_decay``. Every chunk continues from the last
-    (the ε = 1000 ball around each chunk's start is never reached).
-
-    Returns the images and the mean relative representation distance after each chunk
-    (entry 0: at the seed)."""
-    with torch.no_grad(), preserved_state(model):
-        r_t = representation(model, targets).float()
-    chunks = max(1, min(args.inv_chunks, args.inv_steps))
-    per = [args.inv_steps // chunks + (i < args.inv_steps % chunks) for i in range(chunks)]
-    x = seed
-    trace = [float(relative_rep_distance(model, x, r_t).mean())]
-    for i, n in enumerate(per):
-        frac = i / (chunks - 1) if chunks > 1 else 0.0
-        step = args.inv_step * args.inv_decay ** frac
-        x = invert(model, r_t, x0=x, eps=1000.0, steps=n, step_size=step)
-        trace.append(float(relative_rep_distance(model, x, r_t).mean()))
-    return x, trace
+    """Eq. 5 from ``seed`` with the script's step schedule (:func:`invert_scheduled`)."""
+    return invert_scheduled(model, targets, seed, steps=args.inv_steps,
+                            step_size=args.inv_step, decay=args.inv_decay,
+                            chunks=args.inv_chunks)
 
 
 def class_visualizations(model: nn.Module, seeds: torch.Tensor, args: argparse.Namespace,

@@ -127,6 +127,46 @@ def invert(
         return maximize_in_ball(distance, x0, eps, step_size, steps, norm, minimize=True)
 
 
+def invert_scheduled(
+    model: nn.Module,
+    target: Tensor,
+    x0: Tensor,
+    steps: int,
+    step_size: float,
+    decay: float = 1.0,
+    chunks: int = 1,
+    eps: float = 1000.0,
+    norm: Norm = "l2",
+    classifier: str | None = None,
+) -> tuple[Tensor, list[float]]:
+    """Eq. 5 (:func:`invert`) with a geometrically decaying step: ``chunks`` runs of about
+    ``steps / chunks`` steps, the step size going from ``step_size`` to
+    ``step_size · decay``, each run continuing from the last (the ε ball around each run's
+    start is never reached at ε = 1000).
+
+    Returns the images ``(B, C, H, W)`` and the mean relative representation distance
+    ``‖R(x) − R(x_targ)‖ / ‖R(x_targ)‖`` before the first run and after each run.
+    """
+    with torch.no_grad(), preserved_state(model):
+        r_t = _target_rep(model, target, classifier).float()
+
+    @torch.no_grad()
+    def relative(x: Tensor) -> float:
+        with preserved_state(model):
+            r = representation(model, x, classifier).float()
+        return float(((r - r_t).norm(dim=1) / r_t.norm(dim=1).clamp_min(1e-12)).mean())
+
+    n = max(1, min(chunks, steps))
+    per = [steps // n + (i < steps % n) for i in range(n)]
+    x, trace = x0, [relative(x0)]
+    for i, k in enumerate(per):
+        step = step_size * decay ** (i / (n - 1) if n > 1 else 0.0)
+        x = invert(model, r_t, x0=x, eps=eps, steps=k, step_size=step, norm=norm,
+                   classifier=classifier)
+        trace.append(relative(x))
+    return x, trace
+
+
 def interpolate(
     model: nn.Module,
     x1: Tensor,

@@ -315,22 +315,30 @@ def total_variation() -> Objective:
     return Objective(fn, [INPUT], "total_variation")
 
 
+def gaussian_blur(x: Tensor, sigma: float, padding: str = "replicate") -> Tensor:
+    """Separable Gaussian blur of images ``(B, C, H, W)``: standard deviation ``sigma``
+    pixels, radius ``max(1, round(3σ))``, edges padded by ``padding`` (``"replicate"`` or
+    ``"reflect"``). Same shape out."""
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0 pixels, got {sigma}")
+    r = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    k1 = torch.exp(-(t**2) / (2 * sigma**2))
+    k1 = k1 / k1.sum()
+    c = x.shape[1]
+    kw = k1.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    kh = k1.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    xb = F.conv2d(F.pad(x, (r, r, 0, 0), mode=padding), kw, groups=c)
+    return F.conv2d(F.pad(xb, (0, 0, r, r), mode=padding), kh, groups=c)
+
+
 def blur(sigma: float = 0.5) -> Objective:
     """Minus ``mean (x − G_σ * x)²``: penalizes high frequencies (a smooth version of
     Lucent's ``blur_input_each_step``)."""
 
     def fn(a: dict[str, Tensor]) -> Tensor:
         x = a[INPUT]
-        r = max(1, int(3 * sigma + 0.5))
-        t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-        k1 = torch.exp(-(t**2) / (2 * sigma**2))
-        k1 = k1 / k1.sum()
-        c = x.shape[1]
-        kw = k1.view(1, 1, 1, -1).expand(c, 1, 1, -1)
-        kh = k1.view(1, 1, -1, 1).expand(c, 1, -1, 1)
-        xb = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), kw, groups=c)
-        xb = F.conv2d(F.pad(xb, (0, 0, r, r), mode="replicate"), kh, groups=c)
-        return -(x - xb).pow(2).flatten(1).mean(1)
+        return -(x - gaussian_blur(x, sigma)).pow(2).flatten(1).mean(1)
 
     return Objective(fn, [INPUT], f"blur({sigma})")
 

@@ -196,3 +196,42 @@ def test_ifv_realizations_take_the_warm_up_as_an_option(net: Net) -> None:
     warm = reoptimize(net, "relu", imgs, objs, **kw)
     torch.testing.assert_close(plain, imgs, atol=1e-5, rtol=0)  # never moved
     assert (warm - imgs).abs().max() > 1e-3  # the default warm-up opened the units
+
+
+@pytest.mark.parametrize(("padding", "scipy_mode"), [("replicate", "nearest"),
+                                                     ("reflect", "mirror")])
+def test_gaussian_blur_equals_scipy(padding: str, scipy_mode: str) -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from lightning_fv.optvis.objectives import gaussian_blur
+
+    x = torch.rand(2, 3, 17, 13, dtype=torch.float64)
+    sigma = 1.3
+    r = max(1, int(3 * sigma + 0.5))
+    ours = gaussian_blur(x, sigma, padding=padding)
+    ref = gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode=scipy_mode,
+                          truncate=r / sigma)
+    torch.testing.assert_close(ours, torch.from_numpy(ref), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="sigma must be > 0 pixels, got 0"):
+        gaussian_blur(x, 0)
+
+
+def test_invert_scheduled_is_invert_in_chunks() -> None:
+    from lightning_fv.adversarial import invert, invert_scheduled, representation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))
+    target, x0 = torch.rand(2, 3, 2, 2), torch.rand(2, 3, 2, 2)
+    one, trace = invert_scheduled(model, target, x0, steps=6, step_size=0.1)
+    torch.testing.assert_close(one, invert(model, target, x0=x0, steps=6, step_size=0.1))
+    # three chunks with a decaying step = three invert calls with steps 0.1, 0.1·√0.01, 0.001
+    three, trace3 = invert_scheduled(model, target, x0, steps=6, step_size=0.1, decay=0.01,
+                                     chunks=3)
+    x = x0
+    for step in (0.1, 0.01, 0.001):
+        x = invert(model, representation(model, target).detach(), x0=x, steps=2, step_size=step)
+    torch.testing.assert_close(three, x)
+    assert len(trace3) == 4 and len(trace) == 2
+    r_t = representation(model, target).detach()
+    rel = float(((representation(model, three) - r_t).norm(dim=1) / r_t.norm(dim=1)).mean())
+    assert trace3[-1] == pytest.approx(rel, rel=1e-6)
