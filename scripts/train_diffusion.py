@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_fv.data import digits
+from lightning_fv.diffusion.model import LightningDiT
 from lightning_fv.diffusion.pipeline import ASSET
 from lightning_fv.modules.latent_diffusion import LatentDiffusionModule
 from lightning_fv.utils import save_grid
@@ -106,9 +107,11 @@ def main() -> None:
     x, y = digits("train")
     loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True,
                         drop_last=True)
+    dit = LightningDiT(input_size=8, patch_size=2, in_channels=1, hidden_size=128, depth=4,
+                       num_heads=4, num_classes=10, class_dropout_prob=0.1, use_swiglu=True,
+                       use_rope=True, use_rmsnorm=True)
     module = LatentDiffusionModule(
-        input_size=8, patch_size=2, in_channels=1, hidden_size=128, depth=4, num_heads=4,
-        num_classes=10, class_dropout_prob=0.1, ae_factor=4, ae_latent_channels=1,
+        model=dit, ae_factor=4, ae_latent_channels=1,
         lr=args.lr, ema_decay=0.999, sample_steps=args.eval_steps, cfg_scale=args.cfg)
     trainer = L.Trainer(max_steps=args.max_steps, max_time={"minutes": args.minutes},
                         accelerator="cpu", logger=False, enable_checkpointing=False,

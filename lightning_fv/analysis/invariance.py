@@ -23,7 +23,7 @@ summation, so they work under DDP unchanged):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ __all__ = [
     "SpectralSweep",
     "activation_fidelity",
     "fid_metric",
+    "invariant_metrics",
     "pairwise_diversity",
     "probability_kl",
     "query_distance",
@@ -160,6 +161,40 @@ def query_distance(images: Tensor, query: Tensor) -> Tensor:
     return (x - q).pow(2).mean(1).sqrt()
 
 
+@torch.no_grad()
+def invariant_metrics(objective: Any, result: Any, query: Tensor, samples_per_query: int,
+                      cutoffs: Sequence[float] = DEFAULT_CUTOFFS) -> dict[str, Tensor]:
+    """Per-sample and per-set metrics of an invariant-set result for ``Q`` queries.
+
+    Args:
+        objective: the objective ``L`` (its ``distance == "kl"`` adds ``kl``).
+        result: an :class:`~lightning_fv.diffusion.invariant.InvariantSetResult` with
+            ``B = Q · samples_per_query`` samples (``images``, ``responses``, ``target``,
+            ``query_index``).
+        query: the query images ``(Q, 3, H, W)`` in [0, 1].
+        samples_per_query: ``n``, consecutive samples per query.
+        cutoffs: cutoffs of the spectral sweep (App. .4.2).
+
+    Returns:
+        ``l1``, ``l2`` ``(B,)``, ``kl`` ``(B,)`` for probability objectives, ``sweep``
+        ``(C, B)``, ``pixel_distance`` ``(B,)`` to the query (RMS per pixel) and
+        ``diversity`` ``(Q,)`` (NaN when ``n == 1``).
+    """
+    n = samples_per_query
+    out: dict[str, Tensor] = {}
+    fid = activation_fidelity(result.responses, result.target)
+    out["l1"], out["l2"] = fid["l1"], fid["l2"]
+    if getattr(objective, "distance", "l2") == "kl":
+        out["kl"] = probability_kl(result.target, result.responses)
+    out["sweep"] = spectral_sweep(objective, result.images, result.target, tuple(cutoffs))
+    q = query.to(result.images.device)[result.query_index]
+    out["pixel_distance"] = query_distance(result.images, q)
+    imgs = result.images.reshape(-1, n, *result.images.shape[1:])
+    out["diversity"] = (torch.stack([pairwise_diversity(s) for s in imgs]) if n > 1
+                        else torch.full((imgs.shape[0],), float("nan")))
+    return out
+
+
 class ClassifierFeatures(nn.Module):
     """A classifier's penultimate (or any layer's pooled) features as an FID extractor.
 
@@ -203,10 +238,10 @@ class InceptionPoolFeatures(nn.Module):
         super().__init__()
         from torchvision.models import inception_v3
 
-        from lightning_fv.models.registry import load_state_dict_file
+        from lightning_fv.utils.checkpoint import load_state_dict
 
         net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-        net.load_state_dict(load_state_dict_file(weights_path))
+        net.load_state_dict(load_state_dict(weights_path, prefixes=()))
         net.fc = nn.Identity()
         self.net = net.eval()
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from lightning_fv.analysis.invariance import invariant_metrics
 from lightning_fv.callbacks._logging import (
     ImageBuffer,
     gather_objects,
@@ -21,12 +22,13 @@ from lightning_fv.callbacks._logging import (
 )
 from lightning_fv.callbacks._scheduled import ScheduledCallback
 from lightning_fv.diffusion.invariant import (
+    INVARIANT_PRESETS,
     OBJECTIVES,
+    InvariantConfig,
     invariant_set_sample,
     make_objective,
     seeded_latents,
 )
-from lightning_fv.modules.invariant_sampler import invariant_metrics
 from lightning_fv.utils.images import image_grid
 
 
@@ -54,36 +56,38 @@ class InvariantSetCallback(ScheduledCallback):
         num_queries, samples_per_query: how many validation images and samples each.
         every_n_epochs: run after every n-th validation epoch (0 = never).
         at_fit_end: also run when fit ends (on the last validation epoch's images).
-        budget, tau, lr, step_size, cutoff: Algorithm 1 (a small budget keeps training fast;
-            App. .3 uses 512).
-        num_steps: sampler steps per generation.
+        algorithm: the settings of Algorithm 1 (:class:`InvariantConfig`; default the
+            ``"training"`` preset: 32 SGD steps, 10 sampler steps, else App. .3 — a small
+            budget keeps training fast). In YAML: ``algorithm: {budget: 16, …}``.
         conditional: condition the diffusion model on the query label.
         seed: base seed of the starting latents.
         cutoffs: cutoffs of the logged spectral sweep.
         log_prefix: tag prefix.
+        settings: single :class:`InvariantConfig` fields overriding ``algorithm`` (Python
+            callers: ``budget=2, lr=1.0``).
     """
 
     def __init__(self, pipeline: str | nn.Module = "bundled", module: str = "model",
                  objective: str = "logits", units: list[str] | None = None,
                  num_queries: int = 4, samples_per_query: int = 4, every_n_epochs: int = 0,
-                 at_fit_end: bool = True, budget: int = 32, tau: float = 0.01,
-                 lr: float = 10.0, step_size: float = 1.0, cutoff: float | None = 0.5,
-                 num_steps: int | None = 10, conditional: bool = False, seed: int = 0,
-                 cutoffs: list[float] | None = None, log_prefix: str = "invariant") -> None:
+                 at_fit_end: bool = True,
+                 algorithm: InvariantConfig = INVARIANT_PRESETS["training"],
+                 conditional: bool = False, seed: int = 0,
+                 cutoffs: list[float] | None = None, log_prefix: str = "invariant",
+                 **settings: Any) -> None:
         super().__init__()
         if objective not in OBJECTIVES or objective == "sae":
             raise ValueError(f"objective must be one of 'logits', 'probabilities', 'units'; "
                              f"got {objective!r}")
-        if num_queries < 1 or samples_per_query < 1 or every_n_epochs < 0 or budget < 0:
+        if num_queries < 1 or samples_per_query < 1 or every_n_epochs < 0:
             raise ValueError(f"need num_queries >= 1, samples_per_query >= 1, "
-                             f"every_n_epochs >= 0, budget >= 0; got {num_queries}, "
-                             f"{samples_per_query}, {every_n_epochs}, {budget}")
+                             f"every_n_epochs >= 0; got {num_queries}, "
+                             f"{samples_per_query}, {every_n_epochs}")
         self.pipeline_source = pipeline
         self.module, self.objective, self.units = module, objective, units
         self.num_queries, self.samples_per_query = num_queries, samples_per_query
         self.every_n_epochs, self.at_fit_end = every_n_epochs, at_fit_end
-        self.algo = dict(budget=budget, tau=tau, lr=lr, step_size=step_size, cutoff=cutoff,
-                         num_steps=num_steps)
+        self.algorithm = algorithm.replace(**settings) if settings else algorithm
         self.conditional, self.seed = conditional, seed
         self.cutoffs = tuple(cutoffs or (0.1, 0.3, 0.5, 0.7, 0.9))
         self.log_prefix = log_prefix
@@ -137,7 +141,7 @@ class InvariantSetCallback(ScheduledCallback):
                     res = invariant_set_sample(
                         pipe, obj, q, num_samples=n, z_T=z,
                         labels=y[ids].to(pl_module.device) if self.conditional else None,
-                        **self.algo)
+                        config=self.algorithm)
                     met = invariant_metrics(obj, res, q, n, self.cutoffs)
                 part["out"] = {"query": q.cpu(), "samples": res.images.cpu(),
                                "reached": res.reached.cpu(), "steps": res.steps.cpu(),

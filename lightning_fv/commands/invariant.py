@@ -1,10 +1,17 @@
-"""``lightning-fv invariant``: invariant-set samples of query images (thesis App. .1, Alg. 1)."""
+"""``lightning-fv invariant``: invariant-set samples of query images (thesis App. .1, Alg. 1).
+
+A thin entry point over ``trainer.predict`` with :class:`InvariantSetSampler`: the same
+defaults as ``lightning-fv predict --config examples/configs/invariant_digits.yaml`` (both
+use :data:`~lightning_fv.modules.invariant_sampler.DEFAULT_ALGORITHM`).
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-import torch
+from lightning_fv.diffusion.invariant import InvariantConfig
+from lightning_fv.modules.invariant_sampler import DEFAULT_ALGORITHM
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +30,14 @@ def invariant(
     classes: list[int] | None = None,
     queries_per_class: int = 1,
     samples_per_query: int = 4,
-    budget: int = 512,
-    tau: float = 0.01,
-    lr: float = 10.0,
-    step_size: float = 1.0,
-    cutoff: float | None = 0.5,
-    optimizer: str = "sgd",
-    num_steps: int | None = 25,
+    algorithm: InvariantConfig = DEFAULT_ALGORITHM,
     conditional: bool = False,
     seed: int = 0,
+    batch_size: int = 5,
     device: str = "auto",
+    progress: bool = True,
     output_dir: str = "outputs/invariant",
+    **settings: Any,
 ) -> dict[str, float]:
     """Sample ``samples_per_query`` members of the invariant set of each query image (the
     first ``queries_per_class`` validation digits of each class in ``classes``) and write
@@ -43,39 +47,48 @@ def invariant(
     Args:
         pipeline: diffusion checkpoint (``"bundled"`` = the small digits LightningDiT).
         classifier: classifier name (``"bundled:digits"``, torchvision/timm names).
-        checkpoint_path, mean, std: classifier weights file and input normalization.
+        checkpoint_path: classifier weights file.
+        mean: input normalization mean of the classifier (with ``std``; never guessed).
+        std: input normalization std of the classifier.
         objective: ``"logits"``, ``"probabilities"`` (KL), ``"units"`` or ``"sae"``.
-        units: unit names for ``"units"``; sae_path/sae_layer/sae_features for ``"sae"``.
-        classes, queries_per_class: which validation digits are queries.
+        units: unit names for ``"units"``.
+        sae_path: a ``save_sae`` file for ``"sae"``.
+        sae_layer: the SAE's layer (default: stored in the file).
+        sae_features: SAE feature indices.
+        classes: which validation digits are queries (default: all ten).
+        queries_per_class: query images per class.
         samples_per_query: samples per query.
-        budget, tau, lr, step_size, cutoff, optimizer: Algorithm 1 (defaults App. .3;
-            ``cutoff`` is the low-pass filter of the dual loss, none with ``null``).
-        num_steps: Euler steps of the sampler.
+        algorithm: Algorithm 1 settings (``--algorithm.budget 64``, ``--algorithm.lr 30``…;
+            default the ``"digits"`` preset, the same as
+            ``examples/configs/invariant_digits.yaml``).
         conditional: condition on the query's label instead of the null class.
         seed: base seed of the starting latents.
+        batch_size: queries per predict step.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``…
+        progress: show a progress bar in SGD steps.
         output_dir: output folder.
+        settings: Python callers only: single ``InvariantConfig`` fields (``budget=2``).
 
     Returns:
         The summary metrics (fraction reached, mean steps, L1/L2/KL, pixel distance,
-        diversity).
+        diversity). Ctrl-C / SIGTERM stop within one SGD step and still write what was done.
     """
     import lightning as L
 
     from lightning_fv.modules.invariant_sampler import InvariantSetSampler, summarize
+    from lightning_fv.utils.device import resolve_device
 
-    accel = "gpu" if (device == "auto" and torch.cuda.is_available()) or \
-        device.startswith("cuda") else "cpu"
+    accel = "gpu" if resolve_device(device).type == "cuda" else "cpu"
     module = InvariantSetSampler(
         pipeline=pipeline, classifier=classifier, checkpoint_path=checkpoint_path, mean=mean,
         std=std, objective=objective, units=units, sae_path=sae_path, sae_layer=sae_layer,
-        sae_features=sae_features, samples_per_query=samples_per_query, budget=budget,
-        tau=tau, lr=lr, step_size=step_size, cutoff=cutoff, optimizer=optimizer,
-        num_steps=num_steps, conditional=conditional, seed=seed,
-        queries_per_class=queries_per_class, classes=classes, output_dir=output_dir)
+        sae_features=sae_features, samples_per_query=samples_per_query,
+        algorithm=algorithm.replace(**settings) if settings else algorithm,
+        conditional=conditional, seed=seed, queries_per_class=queries_per_class,
+        classes=classes, batch_size=batch_size, output_dir=output_dir, progress=progress)
     trainer = L.Trainer(accelerator=accel, devices=1, logger=False,
-                        enable_progress_bar=True, enable_model_summary=False)
-    trainer.predict(module)
-    summary = summarize(module.results)
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(module, return_predictions=False)
+    summary = summarize(module.results) if module.results else {}
     log.info("invariant sets written to %s: %s", output_dir, summary)
     return summary

@@ -35,6 +35,7 @@ from lightning_fv.data.embedded import digits, photo_patches
 from lightning_fv.optvis.hooks import expand_units, list_layers, parse_unit
 from lightning_fv.optvis.render import log_spaced_steps, render_units
 from lightning_fv.optvis.transform import TransformChain, standard_transforms
+from lightning_fv.utils.device import resolve_device
 from lightning_fv.utils.rng import make_generator
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,7 @@ class TrajectoryDataModule(L.LightningDataModule):
     def visualizations(self) -> tuple[Tensor, Tensor, list[str], list[str]]:
         """``(train_vis, test_vis, train_units, test_units)``, rendered or from the cache."""
         model = self.build_model()
-        dev = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available()
-                           else ("cpu" if self.device == "auto" else self.device))
+        dev = resolve_device(self.device)
         model = model.to(dev).eval()
         units = (expand_units(self.units, model, self.image_size) if self.units else
                  layer_units(model, self.layers, self.image_size, self.max_units_per_layer))
@@ -253,9 +253,9 @@ class TrajectoryDataModule(L.LightningDataModule):
         path = Path(self.cache_dir) / f"trajectories-{key}.safetensors" if self.cache_dir else None
         self.cache_path = path
         if path is not None and path.is_file():
-            from safetensors.torch import load_file
+            from lightning_fv.utils.checkpoint import load_state_dict
 
-            data = load_file(str(path))
+            data = load_state_dict(path, prefixes=())
             self.loaded_from_cache = True
             log.info("loaded visualization trajectories from %s", path)
             return (data["train"].float(), data["test"].float(), train_units, test_units)

@@ -28,10 +28,11 @@ of a :class:`~lightning_fv.models.sae.TopKSAE`, thesis §4.3).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -46,7 +47,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DISTANCES",
+    "INVARIANT_PRESETS",
     "OBJECTIVES",
+    "InvariantConfig",
     "InvariantObjective",
     "InvariantSetResult",
     "as_invariant_objective",
@@ -191,8 +194,8 @@ def sae_response(model: nn.Module, layer: str, sae: nn.Module, features: int | S
 
 
 def invariant_loss(objective: InvariantObjective, images: Tensor, target: Tensor,
-                   step_size: float = 1.0, cutoff: float | None = 0.5
-                   ) -> tuple[Tensor, Tensor, Tensor]:
+                   step_size: float = 1.0, cutoff: float | None = 0.5,
+                   return_response: bool = False) -> tuple[Tensor, ...]:
     """The loss of Algorithm 1 (App. .1, lines 15–20) per sample.
 
     ``total = λ·(d(L(x), t) + d(L(F_c(x)), t))`` with ``λ = step_size``, ``F_c`` the ideal
@@ -200,15 +203,104 @@ def invariant_loss(objective: InvariantObjective, images: Tensor, target: Tensor
     distance (squared L2 or KL). ``cutoff=None`` drops the filtered term (the
     "unfiltered-only" ablation).
 
+    This is the function :func:`invariant_set_sample` evaluates at every iterate (and the one
+    ``benchmarks/bench_invariant.py`` times).
+
     Returns:
         ``(total, unfiltered, filtered)``, each ``(B,)``; ``filtered`` is zeros without a filter.
+        With ``return_response`` the responses ``L(x)`` ``(B, m)`` follow as a fourth entry.
     """
-    d1 = objective.compare(objective(images), target)
+    response = objective(images)
+    d1 = objective.compare(response, target)
     if cutoff is None:
         d2 = torch.zeros_like(d1)
     else:
         d2 = objective.compare(objective(lowpass(images, cutoff)), target)
-    return step_size * (d1 + d2), d1, d2
+    total = step_size * (d1 + d2)
+    return (total, d1, d2, response) if return_response else (total, d1, d2)
+
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class InvariantConfig:
+    """Settings of Algorithm 1 (thesis App. .1); the defaults are App. .3.
+
+    Attributes:
+        budget: step budget ``B`` (SGD steps per sample; App. .3: 512 or 1024).
+        tau: loss threshold ``τ`` for early stopping (App. .3: 0.01).
+        lr: learning rate ``η`` (App. .3: 10).
+        step_size: the factor ``λ`` of the loss (line 20).
+        cutoff: relative cutoff in (0, 1] of the low-pass filter ``F`` (App. .4); ``None`` =
+            no filtered term. The thesis gives no value; 0.5 is our default.
+        optimizer: ``"sgd"`` (App. .3) or ``"adam"``; ``momentum`` for SGD.
+        num_steps: sampler steps (``None``: the pipeline's ``SamplerConfig``).
+        checkpoint: per-step gradient checkpointing of sampler and decoder (App. .1.2).
+        clamp: clip decoded images to [0, 1] (zero gradient outside, as the release).
+
+    Named presets (:meth:`preset`): ``"thesis"`` (App. .3), ``"digits"`` (the bundled digits
+    pipeline and classifier on a CPU: 64 steps, η 30, λ 0.01, 10 sampler steps; the defaults
+    of ``lightning-fv invariant`` and ``examples/configs/invariant_digits.yaml``) and
+    ``"training"`` (a short run inside a training loop, the callback's default).
+    """
+
+    budget: int = 512
+    tau: float = 0.01
+    lr: float = 10.0
+    step_size: float = 1.0
+    cutoff: float | None = 0.5
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    num_steps: int | None = None
+    checkpoint: bool = True
+    clamp: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, bool) or int(self.budget) != self.budget or self.budget < 0:
+            raise ValueError(f"budget must be a non-negative integer, got {self.budget!r}")
+        if not self.tau >= 0:
+            raise ValueError(f"tau must be >= 0, got {self.tau!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size!r}")
+        if self.cutoff is not None and not 0 < self.cutoff <= 1:
+            raise ValueError(f"cutoff must be in (0, 1] or None, got {self.cutoff!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        if self.momentum < 0:
+            raise ValueError(f"momentum must be >= 0, got {self.momentum!r}")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1 or None, got {self.num_steps!r}")
+
+    @classmethod
+    def preset(cls, name: str) -> InvariantConfig:
+        """A named preset: ``"thesis"``, ``"digits"`` or ``"training"``."""
+        if name not in INVARIANT_PRESETS:
+            raise ValueError(f"unknown invariant-set preset {name!r}; "
+                             f"valid: {sorted(INVARIANT_PRESETS)}")
+        return INVARIANT_PRESETS[name]
+
+    def replace(self, **changes: Any) -> InvariantConfig:
+        """A copy with ``changes``; an unknown field raises naming the valid ones."""
+        names = [f.name for f in fields(self)]
+        bad = sorted(set(changes) - set(names))
+        if bad:
+            raise TypeError(f"unknown invariant-set setting(s) {bad}; valid: {names}")
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for logs and ``metrics.json``)."""
+        return dataclasses.asdict(self)
+
+
+INVARIANT_PRESETS: dict[str, InvariantConfig] = {
+    "thesis": InvariantConfig(),
+    "digits": InvariantConfig(budget=64, lr=30.0, step_size=0.01, num_steps=10),
+    "training": InvariantConfig(budget=32, num_steps=10),
+}
 
 
 @dataclass
@@ -228,6 +320,8 @@ class InvariantSetResult:
         reached: whether the sample's loss fell below τ ``(B,)`` (bool).
         query_index: index of each sample's query ``(B,)``; labels: class labels or None.
         seconds: wall time of the optimization.
+        config: the :class:`InvariantConfig` used (as a dict) and the objective's name.
+        stopped: the run was stopped by ``on_step`` before every sample was done.
     """
 
     images: Tensor
@@ -245,6 +339,7 @@ class InvariantSetResult:
     labels: Tensor | None = None
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    stopped: bool = False
 
     @property
     def fraction_reached(self) -> float:
@@ -290,20 +385,13 @@ def invariant_set_sample(
     target: Tensor | None = None,
     num_samples: int = 1,
     labels: Tensor | Sequence[int] | None = None,
-    budget: int = 512,
-    tau: float = 0.01,
-    lr: float = 10.0,
-    step_size: float = 1.0,
-    cutoff: float | None = 0.5,
-    optimizer: str = "sgd",
-    momentum: float = 0.0,
-    num_steps: int | None = None,
-    checkpoint: bool = True,
-    clamp: bool = True,
+    config: InvariantConfig | None = None,
     seed: int = 0,
     z_T: Tensor | None = None,
     sampler_overrides: dict[str, Any] | None = None,
     log_every: int = 0,
+    on_step: Callable[[int, int, int], bool | None] | None = None,
+    **settings: Any,
 ) -> InvariantSetResult:
     """Algorithm 1 of thesis App. .1 for a batch of independent starting latents.
 
@@ -317,43 +405,36 @@ def invariant_set_sample(
         num_samples: independent samples per query (``B = Q · num_samples``).
         labels: class labels ``(Q,)`` for class-conditional sampling; ``None`` =
             unconditional through the null class (App. .1.1).
-        budget: step budget ``B`` (App. .3: 512 or 1024).
-        tau: loss threshold ``τ`` for early stopping (App. .3: 0.01).
-        lr: learning rate ``η`` (App. .3: 10).
-        step_size: the factor ``λ`` of the loss (line 20).
-        cutoff: relative cutoff of the low-pass filter ``F`` (App. .4); ``None`` = no filtered
-            term (unfiltered-only loss). The thesis gives no value; 0.5 is our default.
-        optimizer: ``"sgd"`` (App. .3) or ``"adam"``; ``momentum`` for SGD.
-        num_steps: sampler steps (overrides the pipeline's ``SamplerConfig``).
-        checkpoint: per-step gradient checkpointing of sampler and decoder (App. .1.2).
-        clamp: clip decoded images to [0, 1] (zero gradient outside, as the release).
+        config: the algorithm's settings (:class:`InvariantConfig`; default App. .3).
         seed: sample ``i`` draws ``z_T`` from a CPU generator seeded ``seed + i``, so a
             sample is the same alone or in a batch and on any device.
         z_T: explicit starting latents ``(B, C, h, w)`` instead of drawing them.
         sampler_overrides: further :class:`SamplerConfig` fields (``shift``, ``method``, …).
         log_every: log progress every n steps (0 = never).
+        on_step: called after every SGD step as ``on_step(step, reached, active)`` (steps
+            taken so far, samples that reached ``τ``, samples still optimized); returning
+            ``True`` stops the run there (the result holds the last evaluated iterate and
+            ``stopped=True``).
+        settings: single :class:`InvariantConfig` fields overriding ``config``
+            (``budget=64``, ``lr=30.0``…).
 
     Returns:
         :class:`InvariantSetResult`. Frozen samples never change after reaching ``τ``.
     """
+    cfg = (config or InvariantConfig()).replace(**settings) if settings else \
+        (config or InvariantConfig())
+    budget, tau, lr, step_size = cfg.budget, cfg.tau, cfg.lr, cfg.step_size
+    cutoff, checkpoint, clamp = cfg.cutoff, cfg.checkpoint, cfg.clamp
     obj = as_invariant_objective(objective)
-    if budget < 0 or int(budget) != budget:
-        raise ValueError(f"budget must be a non-negative integer, got {budget!r}")
-    if tau < 0 or lr <= 0 or step_size <= 0:
-        raise ValueError(f"need tau >= 0, lr > 0, step_size > 0; got {tau}, {lr}, {step_size}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
-    if cutoff is not None and not 0 < cutoff <= 1:
-        raise ValueError(f"cutoff must be in (0, 1] or None, got {cutoff!r}")
     if (query is None) == (target is None):
         raise ValueError("give exactly one of query (images) or target (responses)")
     dev = _device(pipeline)
     t0 = time.time()
     overrides = dict(sampler_overrides or {})
-    if num_steps is not None:
-        overrides["num_steps"] = int(num_steps)
+    if cfg.num_steps is not None:
+        overrides["num_steps"] = int(cfg.num_steps)
     if labels is None:  # null-class label: guidance would return the same velocity at 2× cost
         overrides.setdefault("cfg_scale", 1.0)
 
@@ -387,7 +468,7 @@ def invariant_set_sample(
             if z0.shape[0] != b:
                 raise ValueError(f"z_T has {z0.shape[0]} latents for {b} samples")
         z = z0.clone().requires_grad_(True)
-        opt = (torch.optim.SGD([z], lr=lr, momentum=momentum) if optimizer == "sgd"
+        opt = (torch.optim.SGD([z], lr=lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
                else torch.optim.Adam([z], lr=lr))
 
         def render(rows: Tensor) -> Tensor:
@@ -408,17 +489,15 @@ def invariant_set_sample(
         losses = torch.zeros(b, device=dev)
         d_un = torch.zeros(b, device=dev)
         d_f = torch.zeros(b, device=dev)
+        stopped = False
         for it in range(int(budget) + 1):
             rows = active.nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
             with torch.enable_grad():
                 x = render(rows)
-                resp = obj(x)
-                d1 = obj.compare(resp, tgt[rows])
-                d2 = (torch.zeros_like(d1) if cutoff is None else
-                      obj.compare(obj(lowpass(x, cutoff)), tgt[rows]))
-                total = step_size * (d1 + d2)
+                total, d1, d2, resp = invariant_loss(obj, x, tgt[rows], step_size, cutoff,
+                                                     return_response=True)
             if not torch.isfinite(total).all():
                 bad = rows[~torch.isfinite(total)].tolist()
                 raise FloatingPointError(f"invariant-set loss is not finite for samples {bad} "
@@ -445,15 +524,16 @@ def invariant_set_sample(
             if log_every and (it + 1) % log_every == 0:
                 log.info("invariant-set step %d: %d/%d reached, mean active loss %.4g",
                          it + 1, int(reached.sum()), b, float(total[~done].mean()))
+            if on_step is not None and on_step(it + 1, int(reached.sum()), int(active.sum())):
+                stopped = True
+                break
         opt.zero_grad(set_to_none=True)
     assert images is not None
     return InvariantSetResult(
         images=images, z_T=z.detach(), z_init=z0, target=tgt, responses=responses,
         losses=losses, loss_unfiltered=d_un, loss_filtered=d_f, history=history, steps=steps,
         reached=reached, query_index=qidx, labels=y, seconds=time.time() - t0,
-        config={"budget": int(budget), "tau": tau, "lr": lr, "step_size": step_size,
-                "cutoff": cutoff, "optimizer": optimizer, "num_steps": num_steps,
-                "checkpoint": checkpoint, "objective": obj.name})
+        config={**cfg.as_dict(), "objective": obj.name}, stopped=stopped)
 
 
 OBJECTIVES = ("logits", "probabilities", "units", "sae")

@@ -36,7 +36,10 @@ and ``rope(q) = q·cos + rot(q)·sin`` with ``rot`` mapping each adjacent pair
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from lightning_fv.utils.checkpoint import (
+    MissingEntryError,
+    detect_format,
+    load_state_dict,
+    read_checkpoint,
+    strip_prefixes,
+)
 
 __all__ = [
     "LIGHTNINGDIT_PRESETS",
@@ -53,6 +64,7 @@ __all__ = [
     "lightningdit",
     "lightningdit_config",
     "load_lightningdit_state_dict",
+    "records_config",
     "sincos_pos_embed_2d",
 ]
 
@@ -295,10 +307,27 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
+def records_config(init: Callable[..., None]) -> Callable[..., None]:
+    """Decorate an ``nn.Module.__init__`` so that the module records its constructor
+    arguments (defaults filled in) once, as ``self.config`` (diffusers'
+    ``register_to_config`` idea): ``type(m)(**m.config)`` rebuilds the architecture."""
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(self, *args, **kwargs)
+        self.config = {k: v for k, v in bound.arguments.items() if k != "self"}
+
+    return wrapper
+
+
 class LightningDiT(nn.Module):
     """The LightningDiT velocity model ``v_θ(x_t, t, y)``.
 
-    Constructor arguments carry the official names and defaults of the release.
+    Constructor arguments carry the official names and defaults of the release; the module
+    records them in ``self.config`` (:func:`records_config`).
 
     Args:
         input_size: latent side length ``H = W``.
@@ -312,6 +341,9 @@ class LightningDiT(nn.Module):
         use_checkpoint: gradient-checkpoint every block in ``forward``.
     """
 
+    config: dict[str, Any]
+
+    @records_config
     def __init__(
         self,
         input_size: int = 32,
@@ -332,13 +364,6 @@ class LightningDiT(nn.Module):
         use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        self.config: dict[str, Any] = dict(
-            input_size=input_size, patch_size=patch_size, in_channels=in_channels,
-            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            class_dropout_prob=class_dropout_prob, num_classes=num_classes,
-            learn_sigma=learn_sigma, use_qknorm=use_qknorm, use_swiglu=use_swiglu,
-            use_rope=use_rope, use_rmsnorm=use_rmsnorm, wo_shift=wo_shift,
-            use_checkpoint=use_checkpoint)
         self.input_size = input_size
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
@@ -460,32 +485,19 @@ def load_lightningdit_state_dict(
     the entry ``key`` (``"ema"`` or ``"model"``) is used. ``module.`` (DDP) and ``_orig_mod.``
     (torch.compile) prefixes are removed.
     """
+    prefixes = ("module.", "_orig_mod.")
     if isinstance(source, dict):
-        state = source
+        state = source[key] if isinstance(source.get(key), dict) else source
+        state = strip_prefixes(state, prefixes)
+    elif detect_format(source) == "safetensors":
+        state = load_state_dict(source, prefixes=prefixes)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-            if key in obj and isinstance(obj[key], dict):
-                state = obj[key]
-            elif any(isinstance(v, dict) for v in obj.values()):
-                raise KeyError(f"checkpoint {str(path)!r} has no entry {key!r}; "
-                               f"entries: {sorted(obj)}")
-            else:
-                state = obj
-    if key in state and isinstance(state[key], dict):
-        state = state[key]
-    clean = {}
-    for k, v in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        clean[k] = v
-    model.load_state_dict(clean, strict=True)
+        try:
+            state = load_state_dict(source, key=key, prefixes=prefixes)
+        except MissingEntryError:
+            ck = read_checkpoint(source, prefixes=prefixes)  # a flat state dict has no entries
+            if ck.key is not None:
+                raise
+            state = ck.state_dict
+    model.load_state_dict(state, strict=True)
     return model

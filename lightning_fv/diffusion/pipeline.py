@@ -123,21 +123,20 @@ def load_pipeline(path: str | Path = "bundled", map_location: str | torch.device
     the LightningDiT arguments, ``autoencoder``, ``normalizer``, ``sampler``). ``"bundled"``
     is the small class-conditional digits model ``lightning_fv/assets/dit_digits.safetensors``.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from lightning_fv.utils.checkpoint import read_checkpoint
 
     path = ASSET if str(path) == "bundled" else Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"diffusion checkpoint {str(path)!r} does not exist"
                                 + (" (run scripts/train_diffusion.py)" if path == ASSET else ""))
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    ck = read_checkpoint(path, prefixes=(), map_location=map_location)
+    meta = ck.metadata
     if "config" not in meta:
-        raise ValueError(f"{str(path)!r} has no LightningDiT config in its metadata")
+        raise ValueError(f"{str(path)!r} has no LightningDiT config in its metadata (expected "
+                         f"a file written by save_pipeline / LatentDiffusionModule.export)")
     model = LightningDiT(**json.loads(meta["config"]))
-    state = load_file(str(path), device=str(map_location))
-    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")},
-                          strict=True)
+    model.load_state_dict({k[6:]: v for k, v in ck.state_dict.items()
+                           if k.startswith("model.")}, strict=True)
     ae_cfg = json.loads(meta.get("autoencoder", '{"factor": 1, "latent_channels": 3}'))
     norm = json.loads(meta.get("normalizer", '{"mean": 0.0, "std": 1.0, "multiplier": 1.0}'))
     sampler = SamplerConfig(**json.loads(meta.get("sampler", "{}")))

@@ -143,22 +143,22 @@ def convert_ldm_vae_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def load_vavae(path: str | Path, **overrides: Any) -> nn.Module:
     """Build the VA-VAE and load a release checkpoint (LDM layout, ``torch.load`` with
-    ``weights_only=True``; or an already converted ``.safetensors``) with ``strict=True``.
-    Returns the model in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VA-VAE checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    ``weights_only=True``; or an already converted ``.safetensors``) with ``strict=True``
+    through the one checkpoint reader (:mod:`lightning_fv.utils.checkpoint`; the same as
+    ``build_model("vavae", checkpoint_path=path)``). Returns the model in eval mode."""
+    from lightning_fv.utils.checkpoint import load_state_dict
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if any(k.startswith(("encoder.down.", "decoder.up.")) for k in state) or "state_dict" in state:
-        state = convert_ldm_vae_state_dict(state)
     vae = build_vavae(**overrides)
-    vae.load_state_dict(state, strict=True)
+    vae.load_state_dict(vavae_state_dict(load_state_dict(path, prefixes=())), strict=True)
     return vae.eval()
+
+
+def vavae_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A VA-VAE state dict in diffusers' layout: an LDM-layout one is converted
+    (:func:`convert_ldm_vae_state_dict`), a converted one is returned as is."""
+    if any(k.startswith(("encoder.down.", "decoder.up.")) for k in state):
+        return convert_ldm_vae_state_dict(state)
+    return state
 
 
 def encode_latents(vae: nn.Module, images: Tensor, sample: bool = False,
@@ -197,7 +197,9 @@ class LatentNormalizer(nn.Module):
     @classmethod
     def from_stats_file(cls, path: str | Path, multiplier: float = 1.0) -> LatentNormalizer:
         """Read the release's ``latents_stats.pt`` (``{"mean", "std"}``, ``(1, C, 1, 1)``)."""
-        stats = torch.load(str(path), map_location="cpu", weights_only=True)
+        from lightning_fv.utils.checkpoint import load_state_dict
+
+        stats = load_state_dict(path, prefixes=())
         if not {"mean", "std"} <= set(stats):
             raise KeyError(f"{str(path)!r} must hold 'mean' and 'std'; found {sorted(stats)}")
         return cls(stats["mean"], stats["std"], multiplier)

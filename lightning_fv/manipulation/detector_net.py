@@ -18,8 +18,13 @@ input      feature maps (after conv 1…6)  flatten
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_fv.utils.checkpoint import Checkpoint, read_checkpoint
 
 #: ``(kernel, out_channels, stride)`` of the six convolutions of Table 3.
 TABLE3 = ((3, 16, 3), (5, 16, 2), (5, 16, 2), (5, 16, 2), (5, 16, 2), (3, 16, 2))
@@ -96,4 +101,44 @@ class DetectorCNN(nn.Module):
         return self(x)
 
 
-__all__ = ["TABLE3", "DetectorCNN", "detector_feature_sizes", "detector_flatten_size"]
+def detector_config(ck: Checkpoint) -> dict[str, Any]:
+    """``{"image_size": n}`` stored with a detector: safetensors metadata written by
+    ``save_detector``, or the ``hyper_parameters`` of a ``VisualizationDetector`` ``.ckpt``
+    (``{}`` when neither is present: the default 224 px)."""
+    if "image_size" in ck.metadata:
+        return {"image_size": int(ck.metadata["image_size"])}
+    hp = ck.extra.get("hyper_parameters") or {}
+    return {"image_size": int(hp["image_size"])} if "image_size" in hp else {}
+
+
+def detector_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The :class:`DetectorCNN` weights: the ``net.*`` entries of a ``VisualizationDetector``
+    Lightning checkpoint (metric states dropped), or ``state`` itself for a bare network."""
+    if any(k.startswith("net.") for k in state):
+        return {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+    return state
+
+
+def save_detector(net: DetectorCNN, path: str | Path) -> Path:
+    """Write a :class:`DetectorCNN` as safetensors with its ``image_size``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata={"image_size": str(net.image_size)})
+    return path
+
+
+def load_detector(path: str | Path) -> DetectorCNN:
+    """Load a detector saved by ``save_detector`` (safetensors with ``image_size`` in the
+    metadata), or the ``net.*`` weights of a Lightning checkpoint of ``VisualizationDetector``,
+    through the one checkpoint reader (``weights_only``). Returns it in eval mode."""
+    ck = read_checkpoint(path, prefixes=())
+    net = DetectorCNN(**detector_config(ck))
+    net.load_state_dict(detector_state_dict(ck.state_dict), strict=True)
+    return net.eval()
+
+
+__all__ = ["TABLE3", "DetectorCNN", "detector_config", "detector_feature_sizes",
+           "detector_flatten_size", "detector_state_dict", "load_detector", "save_detector"]

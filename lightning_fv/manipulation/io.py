@@ -14,6 +14,7 @@ from lightning_fv.manipulation.detector_net import DetectorCNN
 from lightning_fv.manipulation.fooling import GATE_NAME, FoolingLayer, _ensure_gate, _set_layer
 from lightning_fv.manipulation.silent import SilentUnits
 from lightning_fv.optvis.hooks import get_layer
+from lightning_fv.utils.checkpoint import checkpoint_metadata, load_state_dict
 
 
 def save_manipulated(model: nn.Module, path: str | Path, base: str | None = None) -> Path:
@@ -34,10 +35,7 @@ def save_manipulated(model: nn.Module, path: str | Path, base: str | None = None
 
 def read_manipulation_metadata(path: str | Path) -> dict[str, object]:
     """``{"manipulations": [...], "base": ...}`` stored by :func:`save_manipulated`."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = checkpoint_metadata(path)
     if "manipulations" not in meta:
         raise ValueError(f"{str(path)!r} is not a manipulated model (no 'manipulations' metadata)")
     return {k: json.loads(v) for k, v in meta.items()}
@@ -46,8 +44,6 @@ def read_manipulation_metadata(path: str | Path) -> dict[str, object]:
 def load_manipulated(base_model: nn.Module, path: str | Path) -> nn.Module:
     """Rebuild a model saved by :func:`save_manipulated` on a copy of ``base_model`` (the
     original architecture) and load its weights strictly; returns it in eval mode."""
-    from lightning_fv.models import load_state_dict_file
-
     meta = read_manipulation_metadata(path)
     net = copy.deepcopy(base_model)
     for spec in meta["manipulations"]:  # type: ignore[union-attr]
@@ -67,7 +63,7 @@ def load_manipulated(base_model: nn.Module, path: str | Path) -> nn.Module:
             _set_layer(net, spec["bn"], nn.Identity())
         else:
             raise ValueError(f"unknown manipulation kind {spec['kind']!r}")
-    net.load_state_dict(load_state_dict_file(path), strict=True)
+    net.load_state_dict(load_state_dict(path, prefixes=()), strict=True)
     net.fv_manipulations = list(meta["manipulations"])  # type: ignore[arg-type]
     return net.eval()
 

@@ -7,11 +7,14 @@ from lightning_fv.models.normalize import (
     preprocessing_from,
 )
 from lightning_fv.models.registry import (
+    ModelEntry,
     build_model,
     bundled_metadata,
     bundled_model,
+    list_models,
     load_small_cnn,
     load_state_dict_file,
+    register_model,
     save_small_cnn,
     strip_prefix,
 )
@@ -21,14 +24,17 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ConvBlock",
+    "ModelEntry",
     "Normalize",
     "SmallCNN",
     "build_model",
     "bundled_metadata",
     "bundled_model",
+    "list_models",
     "load_small_cnn",
     "load_state_dict_file",
     "preprocessing_from",
+    "register_model",
     "save_small_cnn",
     "strip_prefix",
 ]

@@ -155,17 +155,13 @@ def save_sae(sae: TopKSAE, path: str | Path, extra: dict[str, Any] | None = None
 
 
 def load_sae(path: str | Path) -> tuple[TopKSAE, dict[str, Any]]:
-    """Load a file written by :func:`save_sae`: ``(sae in eval mode, metadata)``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """Load a file written by :func:`save_sae`: ``(sae in eval mode, metadata)``, through
+    the model registry and the one checkpoint reader."""
+    from lightning_fv.models.registry import build_model
+    from lightning_fv.utils.checkpoint import checkpoint_metadata
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SAE file {str(path)!r} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    if not {"d_in", "d_hidden", "k"} <= set(meta):
-        raise ValueError(f"{str(path)!r} lacks d_in/d_hidden/k metadata; found {sorted(meta)}")
-    sae = TopKSAE(int(meta["d_in"]), int(meta["d_hidden"]), int(meta["k"]))
-    sae.load_state_dict(load_file(str(path)), strict=True)
-    return sae.eval(), meta
+    sae = build_model("sae", checkpoint_path=str(path)).eval()  # checks the metadata
+    return sae, {k: json.loads(v) for k, v in checkpoint_metadata(path).items()}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor
 
-from lightning_fv.manipulation.detector_net import DetectorCNN
+from lightning_fv.manipulation.detector_net import DetectorCNN, load_detector, save_detector
 
 
 class VisualizationDetector(L.LightningModule):
@@ -86,40 +86,6 @@ class VisualizationDetector(L.LightningModule):
     def save_detector(self, path: str | Path) -> Path:
         """Save the bare :class:`DetectorCNN` weights (safetensors, image size in metadata)."""
         return save_detector(self.net, path)
-
-
-def save_detector(net: DetectorCNN, path: str | Path) -> Path:
-    """Write a :class:`DetectorCNN` as safetensors with its ``image_size``."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    save_file(state, str(path), metadata={"image_size": str(net.image_size)})
-    return path
-
-
-def load_detector(path: str | Path) -> DetectorCNN:
-    """Load a detector saved by :func:`save_detector`, or the ``net.*`` weights of a
-    Lightning checkpoint of :class:`VisualizationDetector` (``weights_only``)."""
-    from lightning_fv.models import load_state_dict_file, strip_prefix
-
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            size = int((f.metadata() or {}).get("image_size", 224))
-        net = DetectorCNN(size)
-        net.load_state_dict(load_state_dict_file(path), strict=True)
-        return net.eval()
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    size = int(ckpt.get("hyper_parameters", {}).get("image_size", 224))
-    state = {k: v for k, v in strip_prefix(ckpt["state_dict"], "net.").items()
-             if not k.startswith("metrics")}
-    net = DetectorCNN(size)
-    net.load_state_dict(state, strict=True)
-    return net.eval()
 
 
 __all__ = ["VisualizationDetector", "load_detector", "save_detector"]

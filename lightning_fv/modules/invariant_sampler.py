@@ -13,6 +13,9 @@ not depend on how the queries were sharded.
 from __future__ import annotations
 
 import json
+import math
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +24,22 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_fv.analysis.invariance import (
-    DEFAULT_CUTOFFS,
-    activation_fidelity,
-    pairwise_diversity,
-    probability_kl,
-    query_distance,
-    spectral_sweep,
-)
+from lightning_fv.analysis.invariance import DEFAULT_CUTOFFS, invariant_metrics
 from lightning_fv.diffusion.invariant import (
+    INVARIANT_PRESETS,
     OBJECTIVES,
+    InvariantConfig,
     invariant_set_sample,
     make_objective,
     seeded_latents,
 )
 
-__all__ = ["InvariantSetSampler", "QueryDataset", "invariant_metrics", "save_invariant_sets"]
+__all__ = ["DEFAULT_ALGORITHM", "InvariantSetSampler", "QueryDataset", "invariant_metrics",
+           "save_invariant_sets", "summarize"]
+
+#: The one set of defaults of ``InvariantSetSampler``, ``lightning-fv invariant`` and
+#: ``examples/configs/invariant_digits.yaml`` (the ``"digits"`` preset).
+DEFAULT_ALGORITHM: InvariantConfig = INVARIANT_PRESETS["digits"]
 
 
 class QueryDataset(Dataset):
@@ -68,27 +71,6 @@ def select_queries(images: Tensor, labels: Tensor, per_class: int,
     return images[i], labels[i]
 
 
-@torch.no_grad()
-def invariant_metrics(objective: Any, result: Any, query: Tensor, samples_per_query: int,
-                      cutoffs: tuple[float, ...] = DEFAULT_CUTOFFS) -> dict[str, Tensor]:
-    """Per-sample and per-set metrics of an :class:`InvariantSetResult` for ``Q`` queries:
-    ``l1``, ``l2`` (B,), ``kl`` (B,) for probability objectives, ``sweep`` (C, B),
-    ``pixel_distance`` (B,) to the query and ``diversity`` (Q,)."""
-    n = samples_per_query
-    out: dict[str, Tensor] = {}
-    fid = activation_fidelity(result.responses, result.target)
-    out["l1"], out["l2"] = fid["l1"], fid["l2"]
-    if getattr(objective, "distance", "l2") == "kl":
-        out["kl"] = probability_kl(result.target, result.responses)
-    out["sweep"] = spectral_sweep(objective, result.images, result.target, cutoffs)
-    q = query.to(result.images.device)[result.query_index]
-    out["pixel_distance"] = query_distance(result.images, q)
-    imgs = result.images.reshape(-1, n, *result.images.shape[1:])
-    out["diversity"] = (torch.stack([pairwise_diversity(s) for s in imgs]) if n > 1
-                        else torch.full((imgs.shape[0],), float("nan")))
-    return out
-
-
 class InvariantSetSampler(L.LightningModule):
     """Sample invariant sets of query images with ``trainer.predict`` (thesis App. .1).
 
@@ -104,10 +86,10 @@ class InvariantSetSampler(L.LightningModule):
         sae_path, sae_layer, sae_features: a :func:`~lightning_fv.models.sae.save_sae` file,
             its layer (default: the ``layer`` stored in the file) and feature indices.
         samples_per_query: independent ``z_T`` per query.
-        budget, tau, lr, step_size, cutoff, optimizer: Algorithm 1 (defaults App. .3).
-        num_steps: sampler steps (default: the pipeline's).
+        algorithm: the settings of Algorithm 1 (:class:`InvariantConfig`; default the
+            ``"digits"`` preset: 64 SGD steps, η 30, λ 0.01, τ 0.01, 10 sampler steps;
+            ``InvariantConfig()`` is App. .3). In YAML: ``algorithm: {budget: 64, …}``.
         conditional: pass the query's label to the diffusion model (else the null class).
-        checkpoint: per-step gradient checkpointing.
         seed: base seed of the starting latents.
         queries: ``"digits"`` (the embedded digits, validation split) for the built-in
             predict dataloader; any ``(image, label[, index])`` dataloader works too.
@@ -116,6 +98,13 @@ class InvariantSetSampler(L.LightningModule):
         cutoffs: the spectral-sweep cutoffs (App. .4.2).
         output_dir: rank zero writes ``invariant_sets.safetensors``, ``metrics.json`` and one
             PNG row per query (query first) there.
+        progress: show a progress bar in SGD steps (rank zero).
+        settings: single :class:`InvariantConfig` fields overriding ``algorithm`` (Python
+            callers: ``budget=2, lr=1.0``).
+
+    SIGINT / SIGTERM during ``predict`` stop the optimization within one SGD step; the
+    samples reached so far (and the queries not started are left out) are gathered and
+    written as usual. A second SIGINT interrupts at once.
     """
 
     def __init__(
@@ -131,15 +120,8 @@ class InvariantSetSampler(L.LightningModule):
         sae_layer: str | None = None,
         sae_features: list[int] | None = None,
         samples_per_query: int = 4,
-        budget: int = 512,
-        tau: float = 0.01,
-        lr: float = 10.0,
-        step_size: float = 1.0,
-        cutoff: float | None = 0.5,
-        optimizer: str = "sgd",
-        num_steps: int | None = None,
+        algorithm: InvariantConfig = DEFAULT_ALGORITHM,
         conditional: bool = False,
-        checkpoint: bool = True,
         seed: int = 0,
         queries: str = "digits",
         queries_per_class: int = 1,
@@ -147,6 +129,8 @@ class InvariantSetSampler(L.LightningModule):
         batch_size: int = 4,
         cutoffs: list[float] | None = None,
         output_dir: str | None = None,
+        progress: bool = True,
+        **settings: Any,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
@@ -181,16 +165,19 @@ class InvariantSetSampler(L.LightningModule):
                                         sae_features, self.preprocess)
         self.objective_name = objective
         self.samples_per_query = samples_per_query
-        self.algo = dict(budget=budget, tau=tau, lr=lr, step_size=step_size, cutoff=cutoff,
-                         optimizer=optimizer, num_steps=num_steps, checkpoint=checkpoint)
+        self.algorithm = algorithm.replace(**settings) if settings else algorithm
         self.conditional = conditional
         self.seed = seed
         self.queries, self.queries_per_class, self.classes = queries, queries_per_class, classes
         self.batch_size = batch_size
         self.cutoffs = tuple(cutoffs or DEFAULT_CUTOFFS)
         self.output_dir = output_dir
+        self.progress = progress
         self._outputs: list[dict[str, Tensor]] = []
         self.results: dict[str, Tensor] = {}
+        self.stop_requested = False
+        self._bar: Any = None
+        self._handlers: dict[int, Any] = {}
 
     def predict_dataloader(self) -> DataLoader:
         from lightning_fv.data import digits
@@ -209,10 +196,22 @@ class InvariantSetSampler(L.LightningModule):
             q = q.clone()
             z = seeded_latents(self.pipeline, [self.seed + int(i) * n + j for i in idx
                                                for j in range(n)], q.device)
+            done = [0]
+
+            def on_step(step: int, reached: int, active: int) -> bool:
+                if self._bar is not None:
+                    self._bar.update(step - done[0])
+                    self._bar.set_postfix(reached=f"{reached}/{reached + active}",
+                                          refresh=False)
+                done[0] = step
+                return self.stop_requested
+
             res = invariant_set_sample(
                 self.pipeline, self.objective, q, num_samples=n, z_T=z,
                 labels=labels.clone() if self.conditional and labels is not None else None,
-                **self.algo)
+                config=self.algorithm, on_step=on_step)
+            if self._bar is not None:  # samples that froze early skip their remaining steps
+                self._bar.update(max(self.algorithm.budget - done[0], 0))
             met = invariant_metrics(self.objective, res, q, n, self.cutoffs)
         b = q.shape[0]
         shape = (b, n)
@@ -239,14 +238,57 @@ class InvariantSetSampler(L.LightningModule):
             x, y, idx = batch, None, None
         if idx is None:  # foreign dataloader without indices: unique per step on one device
             idx = torch.arange(x.shape[0]) + batch_idx * x.shape[0]
+        if self.stop_requested:  # stopped by a signal: the remaining queries are skipped
+            return {}
         out = self(x, y, idx)
         self._outputs.append({k: v.detach().cpu() for k, v in out.items()})
         return out
 
     def on_predict_epoch_start(self) -> None:
         self._outputs = []
+        self.stop_requested = False
+        if self.progress and self.trainer.is_global_zero:
+            from tqdm.auto import tqdm
+
+            batches = sum(int(n) for n in (self.trainer.num_predict_batches or [0])
+                          if n != float("inf"))
+            self._bar = tqdm(total=batches * self.algorithm.budget or None,
+                             desc="invariant sets", unit="SGD step", dynamic_ncols=True)
+
+    # -- stopping on SIGINT / SIGTERM ----------------------------------------------------
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        name = signal.Signals(signum).name
+        msg = (f"{name} received: stopping after the current SGD step and writing the "
+               f"samples done so far (press Ctrl-C again to abort)")
+        if self._bar is not None:
+            self._bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    def on_predict_start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._handlers[sig] = signal.signal(sig, self._request_stop)
+
+    def on_predict_end(self) -> None:
+        self._restore_signals()
+
+    def teardown(self, stage: str) -> None:
+        self._restore_signals()
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+        self._handlers = {}
 
     def on_predict_epoch_end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         parts = [self._outputs]
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * self.trainer.world_size
@@ -262,13 +304,18 @@ class InvariantSetSampler(L.LightningModule):
         keep[1:] = srt[1:] != srt[:-1]
         self.results = {k: v[order][keep] for k, v in merged.items()}
         if self.output_dir is not None and self.trainer.is_global_zero:
-            save_invariant_sets(self.results, self.output_dir, self.cutoffs)
+            paths = save_invariant_sets(self.results, self.output_dir, self.cutoffs,
+                                        {**self.algorithm.as_dict(),
+                                         "stopped": bool(self.stop_requested)})
+            print(f"invariant sets of {len(self.results['index'])} queries written to "
+                  f"{Path(self.output_dir).resolve()}: {', '.join(p.name for p in paths)}",
+                  flush=True)
 
 
 def summarize(results: dict[str, Tensor]) -> dict[str, float]:
     """Scalars over all samples: fraction reached, mean steps, L1/L2/KL, pixel distance,
     diversity (means, NaN-aware)."""
-    def m(t: Tensor) -> float:
+    def m(t: Tensor) -> float:  # NaN when every entry is missing (null in metrics.json)
         return float(t.float().nanmean())
 
     return {"fraction_reached": m(results["reached"]), "mean_steps": m(results["steps"]),
@@ -277,10 +324,25 @@ def summarize(results: dict[str, Tensor]) -> dict[str, float]:
             "diversity": m(results["diversity"])}
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON ``null``)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def save_invariant_sets(results: dict[str, Tensor], output_dir: str | Path,
-                        cutoffs: tuple[float, ...] = DEFAULT_CUTOFFS) -> list[Path]:
-    """Write ``invariant_sets.safetensors`` (all result tensors), ``metrics.json`` (summary
-    + per-cutoff sweep means) and ``invariant_sets.png`` (one row per query: query, samples)."""
+                        cutoffs: tuple[float, ...] = DEFAULT_CUTOFFS,
+                        settings: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``invariant_sets.safetensors`` (all result tensors), ``metrics.json`` (summary,
+    per-cutoff sweep means and ``settings``; strict JSON, ``null`` where a value is missing
+    or not finite) and ``invariant_sets.png`` (one row per query: the query, then its
+    samples; rows labelled with the query's index, class and how many samples reached τ,
+    columns ``query`` / ``sample j`` with the sample's final loss and the steps it took)."""
     from safetensors.torch import save_file
 
     from lightning_fv.utils.images import save_grid
@@ -289,11 +351,28 @@ def save_invariant_sets(results: dict[str, Tensor], output_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "invariant_sets.safetensors", out / "metrics.json"]
     save_file({k: v.contiguous() for k, v in results.items()}, str(paths[0]))
-    summary = summarize(results)
+    summary: dict[str, Any] = dict(summarize(results))
     summary["sweep"] = {f"{c:g}": float(v) for c, v in
                         zip(cutoffs, results["sweep"].float().transpose(0, 1).flatten(1).mean(1))}
-    paths[1].write_text(json.dumps(summary, indent=2))
+    if settings:
+        summary["settings"] = settings
+    paths[1].write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False))
     q, s = results["query"], results["samples"]
-    grid = torch.cat([q[:, None], s], dim=1).flatten(0, 1)
-    paths.append(save_grid(grid, out / "invariant_sets.png", nrow=s.shape[1] + 1))
+    n_q, n = s.shape[0], s.shape[1]
+    grid = torch.cat([q[:, None].to(s.dtype), s], dim=1).flatten(0, 1)
+    labels, values = [], []
+    for i in range(n_q):
+        labels.append("query")
+        values.append("target")
+        for j in range(n):
+            ok = bool(results["reached"][i, j])
+            labels.append(f"sample {j + 1}{' (reached)' if ok else ''}")
+            values.append(f"loss {float(results['loss'][i, j]):.3g}, "
+                          f"{int(results['steps'][i, j])} steps")
+    rows = [f"query {int(results['index'][i])}"
+            + (f", class {int(results['labels'][i])}" if int(results["labels"][i]) >= 0 else "")
+            + f": {int(results['reached'][i].sum())}/{n} reached tau"
+            for i in range(n_q)]
+    paths.append(save_grid(grid, out / "invariant_sets.png", nrow=n + 1, labels=labels,
+                           values=values, row_labels=rows, tile_size=128))
     return paths

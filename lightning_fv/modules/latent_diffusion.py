@@ -36,7 +36,13 @@ from lightning_fv.diffusion.vae import (
     load_vavae,
 )
 
-__all__ = ["LatentDiffusionModule", "flow_matching_loss", "sample_timesteps"]
+__all__ = ["SMALL_DIT", "LatentDiffusionModule", "flow_matching_loss", "sample_timesteps"]
+
+#: The LightningDiT of ``LatentDiffusionModule()`` without a ``model`` (a small model for
+#: digits; :class:`LightningDiT`'s own defaults are the release's XL model).
+SMALL_DIT: dict[str, Any] = dict(
+    input_size=16, patch_size=2, in_channels=1, hidden_size=128, depth=4, num_heads=4,
+    num_classes=10, use_swiglu=True, use_rope=True, use_rmsnorm=True)
 
 
 def sample_timesteps(n: int, lognorm: bool = True, device: torch.device | str = "cpu",
@@ -66,7 +72,11 @@ def flow_matching_loss(model: nn.Module, x1: Tensor, y: Tensor, t: Tensor, x0: T
 class LatentDiffusionModule(L.LightningModule):
     """Class-conditional LightningDiT trained by flow matching (see the module docstring).
 
-    Model arguments are those of :class:`LightningDiT`. Autoencoder: ``vae_checkpoint``
+    Model: ``model`` is the :class:`LightningDiT` (in YAML a nested ``class_path`` /
+    ``init_args`` config, see ``examples/configs/diffusion_digits.yaml``); ``None`` builds
+    the small digits model :data:`SMALL_DIT` updated with ``model_kwargs`` (single
+    LightningDiT arguments, for Python callers). The model's recorded ``config`` is what
+    checkpoints store, so ``load_from_checkpoint`` rebuilds it. Autoencoder: ``vae_checkpoint``
     (a release VA-VAE file; needs diffusers) or, if ``None``, a weight-free
     :class:`ResizeAutoencoder` with ``ae_factor`` / ``ae_latent_channels``
     (``ae_factor=1``: pixel space). ``latent_mean`` / ``latent_std`` fix the normalization
@@ -76,21 +86,7 @@ class LatentDiffusionModule(L.LightningModule):
 
     def __init__(
         self,
-        input_size: int = 16,
-        patch_size: int = 2,
-        in_channels: int = 1,
-        hidden_size: int = 128,
-        depth: int = 4,
-        num_heads: int = 4,
-        mlp_ratio: float = 4.0,
-        class_dropout_prob: float = 0.1,
-        num_classes: int = 10,
-        use_qknorm: bool = False,
-        use_swiglu: bool = True,
-        use_rope: bool = True,
-        use_rmsnorm: bool = True,
-        wo_shift: bool = False,
-        use_checkpoint: bool = False,
+        model: LightningDiT | dict[str, Any] | None = None,
         vae_checkpoint: str | None = None,
         ae_factor: int = 2,
         ae_latent_channels: int = 1,
@@ -108,15 +104,28 @@ class LatentDiffusionModule(L.LightningModule):
         sample_shift: float | None = None,
         cfg_scale: float = 1.0,
         cfg_interval_start: float = 0.0,
+        **model_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = LightningDiT(
-            input_size=input_size, patch_size=patch_size, in_channels=in_channels,
-            hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            class_dropout_prob=class_dropout_prob, num_classes=num_classes,
-            use_qknorm=use_qknorm, use_swiglu=use_swiglu, use_rope=use_rope,
-            use_rmsnorm=use_rmsnorm, wo_shift=wo_shift, use_checkpoint=use_checkpoint)
+        if isinstance(model, nn.Module):
+            if model_kwargs:
+                raise TypeError(f"give the LightningDiT either as `model` or as single "
+                                f"arguments, not both; got model and {sorted(model_kwargs)}")
+            if not isinstance(getattr(model, "config", None), dict):
+                raise TypeError(f"model must record its constructor config (LightningDiT "
+                                f"does); got {type(model).__name__}")
+        elif isinstance(model, dict):  # a recorded config (read back from a checkpoint)
+            model = LightningDiT(**{**model, **model_kwargs})
+        elif model is None:
+            model = LightningDiT(**{**SMALL_DIT, **model_kwargs})
+        else:
+            raise TypeError(f"model must be a LightningDiT, its config dict or None; got "
+                            f"{type(model).__name__}")
+        self.save_hyperparameters(ignore=["model"])
+        for k in model_kwargs:
+            self.hparams.pop(k, None)
+        self.hparams["model"] = dict(model.config)
+        self.model = model
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         if vae_checkpoint is not None:
             self.autoencoder = load_vavae(vae_checkpoint).requires_grad_(False)
