@@ -4,6 +4,8 @@
   raw similarities of the three groups per layer, and the normalized curve with the
   smoothed line and the ±1 std band.
 - :func:`agpa_figure`: ``AGPA_j`` over steps per unit (App. C.4, Fig. 12).
+- :func:`ifv_figure`: the Grad-IFV Fig. 2 (`inverse-feature-visualization` §3.4): α_j
+  bar, angle histograms and angle vs SSIM scatter per objective kind.
 
 matplotlib is imported lazily (the ``Agg``-backed :class:`~matplotlib.figure.Figure`,
 no pyplot state), so importing :mod:`lightning_fv.analysis` does not need it.
@@ -15,12 +17,19 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from lightning_fv.analysis.similarity import SanityCheckResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from lightning_fv.ifv.experiment import IFVResult
+
+#: Colour of each Grad-IFV objective kind in :func:`ifv_figure`.
+IFV_COLORS = {"predicted": "tab:blue", "target": "tab:green", "response": "tab:orange",
+              "random": "tab:gray"}
 
 
 def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:
@@ -91,6 +100,57 @@ def agpa_figure(agpa: Mapping[str, Tensor], title: str | None = None) -> Figure:
         ax.legend(fontsize=7)
     ax.set_title(title or "average gradient path angle")
     fig.tight_layout()
+    return fig
+
+
+def ifv_figure(result: IFVResult, title: str = "") -> Figure:
+    """Fig. 2-style figure of a Grad-IFV run (`inverse-feature-visualization` §3.4).
+
+    Top: stacked α_1…α_10 bar (fractions, x in [0, 1]). Middle: histograms of the angular
+    distance (degrees) of the predicted, response and random objectives to the targets.
+    Bottom: angle (x, degrees) vs SSIM after re-optimization (y) per objective kind with
+    the 0.7 instability line, or vs the Grad-IFV residual when re-optimization was skipped.
+    """
+    from matplotlib import colormaps
+
+    from lightning_fv.ifv.experiment import KINDS
+
+    fig, _ = _figure(6.4, 6.0, ncols=0)
+    gs = fig.add_gridspec(3, 1, height_ratios=[0.5, 1.2, 3.0], hspace=0.45)
+    ax_a = fig.add_subplot(gs[0])
+    alpha = result.alpha[:10].tolist()
+    left = 0.0
+    cmap = colormaps["viridis"]
+    for j, a in enumerate(alpha):
+        ax_a.barh(0, a, left=left, color=cmap(j / 9), edgecolor="white")
+        if a > 0.06:
+            ax_a.text(left + a / 2, 0, f"α{j + 1}", ha="center", va="center", fontsize=7,
+                      color="white")
+        left += a
+    ax_a.set_xlim(0, 1)
+    ax_a.set_yticks([])
+    ax_a.set_title(title or f"Grad-IFV on {result.layer} (k={result.k:g})", fontsize=9)
+    ax_h = fig.add_subplot(gs[1])
+    ax_s = fig.add_subplot(gs[2], sharex=ax_h)
+    bins = torch.linspace(0, 90, 31).tolist()
+    for kind in ("predicted", "response", "random"):
+        ax_h.hist(result.angles[kind].tolist(), bins=bins, alpha=0.55,
+                  color=IFV_COLORS[kind], label=kind)
+    ax_h.legend(fontsize=7, ncols=3)
+    ax_h.set_ylabel("count", fontsize=8)
+    if result.ssim:
+        for kind in KINDS:
+            ax_s.scatter(result.angles[kind].tolist(), result.ssim[kind].tolist(), s=14,
+                         alpha=0.7, color=IFV_COLORS[kind], label=kind)
+        ax_s.axhline(0.7, color="red", ls="--", lw=1)
+        ax_s.set_ylabel("SSIM after re-optimization", fontsize=8)
+        ax_s.legend(fontsize=7, loc="lower left")
+    else:
+        ax_s.scatter(result.angles["predicted"].tolist(), result.residual.tolist(), s=14,
+                     color=IFV_COLORS["predicted"])
+        ax_s.set_ylabel("Grad-IFV residual", fontsize=8)
+    ax_s.set_xlim(0, 90)
+    ax_s.set_xlabel("angular distance to target objective (degrees)", fontsize=8)
     return fig
 
 

@@ -6,6 +6,8 @@ processes by summation, so they work under DDP unchanged).
 - :class:`SimilarityGroups`: accumulates sum / sum of squares / count of the three pair
   groups of the sanity check per layer (§3, C.3); ``compute()`` gives means, stds and the
   normalized similarity.
+- :class:`ShardedStack`: assembles per-item results that different processes computed
+  for disjoint items (the callbacks' shard → compute → gather).
 """
 
 from __future__ import annotations
@@ -88,3 +90,47 @@ class SimilarityGroups(Metric):
         out["normalized"], out["included"] = normalize_between_bounds(
             out["fv"], out["lower"], out["upper"], self.min_gap)
         return out
+
+
+class ShardedStack(Metric):
+    """Assemble ``(num_items, *shape)`` results that processes computed for disjoint items.
+
+    Each process calls ``update(index (K,), rows (K, *shape))`` for the items it computed
+    (``K`` may be 0); ``compute()`` returns ``(stack (num_items, *shape), filled
+    (num_items,) bool)``. The states sync by summation: every item is written by one
+    process and the others contribute exact zeros, so the stack equals a single-process
+    result bit for bit. An item that no process wrote stays zero with ``filled`` False;
+    an item written twice raises. Like every torchmetrics metric, ``compute()`` squeezes a
+    one-element result: reshape to ``(num_items, *shape)`` when ``num_items`` may be 1.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_items: int, shape: tuple[int, ...] = (),
+                 dtype: torch.dtype = torch.float32, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        if num_items < 0:
+            raise ValueError(f"num_items must be >= 0, got {num_items}")
+        self.num_items, self.shape = int(num_items), tuple(int(s) for s in shape)
+        self.add_state("stack", torch.zeros((self.num_items, *self.shape), dtype=dtype),
+                       dist_reduce_fx="sum")
+        self.add_state("filled", torch.zeros(self.num_items, dtype=torch.int64),
+                       dist_reduce_fx="sum")
+
+    def update(self, index: Tensor | list[int], rows: Tensor) -> None:
+        index = torch.as_tensor(index, dtype=torch.long, device=self.stack.device).flatten()
+        if rows.shape != (index.numel(), *self.shape):
+            raise ValueError(f"rows must have shape {(index.numel(), *self.shape)} for "
+                             f"{index.numel()} item(s), got {tuple(rows.shape)}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_items):
+            raise ValueError(f"item index out of range [0, {self.num_items}): "
+                             f"{index.tolist()}")
+        # index_add_ counts a repeated index twice (``t[i] += v`` would not)
+        self.stack.index_add_(0, index, rows.to(self.stack))
+        self.filled.index_add_(0, index, torch.ones_like(index))
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        if self.num_items and int(self.filled.max()) > 1:
+            twice = torch.nonzero(self.filled > 1).flatten().tolist()
+            raise ValueError(f"items {twice} were written by more than one update/process")
+        return self.stack, self.filled > 0

@@ -6,14 +6,24 @@ Logging (rank zero only; other ranks return immediately):
 - TensorBoard: ``add_scalar`` via ``log_metrics``, ``add_image`` for images and figures.
 - CSV: scalars in ``metrics.csv``; images as PNG files in an ``images/`` folder beside
   ``metrics.csv`` (``<log_dir>/images/<tag>_step<step>.png``, ``/`` in tags → ``__``).
-- MLflow: ``log_metrics``; images as run artifacts ``<tag>/step_<step>.png``.
+- MLflow: ``log_metrics``; images as run artifacts ``<tag>/step_<step>.png`` (a second
+  image with the same tag and step in the same run gets ``step_<step>_<k>.png`` instead
+  of replacing the first).
 - W&B (online or offline): ``log_metrics``; images with ``WandbLogger.log_image``.
 - Any other logger: scalars through ``log_metrics``; images if its ``experiment`` has
   ``add_image`` (TensorBoard-like), otherwise skipped with a one-time warning.
+
+Errors of a callback (:func:`report_errors`) go, every time, to the package logger
+(``logging.getLogger("lightning_fv.callbacks")``), to a ``UserWarning`` that names the
+epoch and step (so Python never suppresses a repeat), and to every experiment logger:
+TensorBoard text ``<prefix>/errors``, CSV ``errors.txt`` beside ``metrics.csv``, an MLflow
+artifact ``<prefix>/errors/step_<step>.txt``, a W&B table; plus the scalar
+``<prefix>/errors`` (number of errors) through ``log_metrics``.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -30,6 +40,8 @@ from lightning_fv.utils.rng import preserved_rng
 
 T = TypeVar("T")
 _warned: set[str] = set()
+_mlflow_written: set[tuple[str, str]] = set()  # (run id, artifact file) logged by this process
+log = logging.getLogger("lightning_fv.callbacks")
 
 
 def _to_uint8_hwc(image: Tensor | np.ndarray) -> np.ndarray:
@@ -101,9 +113,9 @@ def log_image(trainer: Any, tag: str, image: Tensor | np.ndarray, step: int | No
             Image.fromarray(arr).save(path)
             written.append(str(path))
         elif kind == "MLFlow":
-            logger.experiment.log_image(logger.run_id, arr,
-                                        artifact_file=f"{tag}/step_{step}.png")
-            written.append(f"mlflow:{tag}/step_{step}.png")
+            name = _mlflow_name(logger.run_id, f"{tag}/step_{step}", ".png")
+            logger.experiment.log_image(logger.run_id, arr, artifact_file=name)
+            written.append(f"mlflow:{name}")
         elif kind == "Wandb":
             logger.log_image(key=tag, images=[arr], step=step)
             written.append(f"wandb:{tag}")
@@ -115,6 +127,87 @@ def log_image(trainer: Any, tag: str, image: Tensor | np.ndarray, step: int | No
             warnings.warn(f"lightning_fv callbacks: logger {kind} cannot store images; "
                           "only scalars are logged to it", stacklevel=2)
     return written
+
+
+def _mlflow_name(run_id: str, stem: str, suffix: str) -> str:
+    """``stem + suffix``, or ``stem_<k> + suffix`` if this process already wrote it to the
+    run (MLflow would silently replace the artifact)."""
+    name, k = f"{stem}{suffix}", 1
+    while (run_id, name) in _mlflow_written:
+        name, k = f"{stem}_{k}{suffix}", k + 1
+    _mlflow_written.add((run_id, name))
+    return name
+
+
+def log_grid(trainer: Any, tag: str, images: Tensor, labels: Sequence[str] | None = None,
+             values: Sequence[float] | Tensor | None = None, nrow: int | None = None,
+             tile_size: int | None = 128, step: int | None = None) -> list[str]:
+    """Log ``(N, C, H, W)`` images in [0, 1] as one grid under ``tag`` (rank zero only).
+
+    With ``tile_size`` every tile is enlarged (nearest neighbour, integer factor) to at
+    least that many pixels and captioned with ``labels[i]`` and ``values[i]``; with
+    ``tile_size=None`` the plain grid of the raw pixels is logged (no captions).
+    """
+    if not trainer.is_global_zero or not trainer.loggers:
+        return []
+    from lightning_fv.utils.images import image_grid
+
+    images = images.detach().float().cpu()
+    if tile_size is None:
+        grid = image_grid(images, nrow=nrow)
+    else:
+        grid = image_grid(images, nrow=nrow, labels=labels, values=values,
+                          tile_size=tile_size)
+    return log_image(trainer, tag, grid, step)
+
+
+def report_errors(trainer: Any, source: str, errors: Sequence[str], prefix: str,
+                  on_error: str = "warn", step: int | None = None) -> None:
+    """Report a callback's ``errors`` (already gathered from all ranks) every time.
+
+    Every rank must call it with the same ``errors``. ``on_error="warn"``: rank zero logs
+    each error through the package logger, a ``UserWarning`` naming epoch and step, and
+    every experiment logger (see the module docstring); ``on_error="raise"``: every rank
+    raises :class:`RuntimeError` with all errors (so no rank waits in a collective).
+    """
+    if on_error not in ("warn", "raise"):
+        raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+    if not errors:
+        return
+    epoch = int(getattr(trainer, "current_epoch", 0))
+    step = int(getattr(trainer, "global_step", 0)) if step is None else step
+    where = f"[epoch {epoch}, step {step}]"
+    if on_error == "raise":
+        raise RuntimeError(f"{source} {where} (on_error='raise'):\n" + "\n".join(errors))
+    if not trainer.is_global_zero:
+        return
+    for e in errors:
+        log.warning("%s %s", e, where)
+        warnings.warn(f"{e} {where}", UserWarning, stacklevel=2)
+    text = "\n".join(f"{e} {where}" for e in errors)
+    tag = f"{prefix}/errors"
+    for logger in trainer.loggers:
+        kind = _kind(logger)
+        try:
+            if kind == "TensorBoard":
+                logger.experiment.add_text(tag, text, global_step=step)
+            elif kind == "CSV":
+                path = Path(logger.log_dir) / "errors.txt"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(f"{source}\t{epoch}\t{step}\t" + text.replace("\n", " | ")
+                             + "\n")
+            elif kind == "MLFlow":
+                name = _mlflow_name(logger.run_id, f"{tag}/step_{step}", ".txt")
+                logger.experiment.log_text(logger.run_id, text, artifact_file=name)
+            elif kind == "Wandb":
+                logger.log_text(key=tag, columns=["epoch", "step", "error"],
+                                data=[[epoch, step, e] for e in errors])
+            logger.log_metrics({tag: float(len(errors))}, step=step)
+            if kind == "CSV":
+                logger.save()
+        except Exception as err:  # noqa: BLE001 - reporting must not hide the original error
+            log.warning("could not report %s errors to %s: %s", source, kind, err)
 
 
 def log_figure(trainer: Any, tag: str, fig: Any, step: int | None = None) -> list[str]:

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_fv.callbacks._logging import (
-    gather_objects,
-    isolated,
-    log_image,
-    log_scalars,
-    select_module,
-    shard,
-    unshard,
-)
+from lightning_fv.callbacks._logging import log_grid, log_scalars
 from lightning_fv.callbacks._scheduled import ScheduledCallback
-from lightning_fv.optvis.hooks import parse_unit
+from lightning_fv.optvis.hooks import parse_unit, parse_units
 from lightning_fv.optvis.render import render_units
-from lightning_fv.utils.images import image_grid
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +28,14 @@ class FeatureVisualizationCallback(ScheduledCallback):
     zero logs. Training is unaffected (RNG, mode, ``requires_grad`` and gradients are
     restored) and it works under the Trainer's default ``inference_mode=True``.
 
+    The logged grids are readable: every tile is enlarged to at least ``tile_size`` pixels
+    and captioned with its unit and final objective value. Images of the fit-end run go
+    to ``<log_prefix>/<layer>_fit_end`` so they never replace the last epoch's image.
+
     Args:
-        units: unit names ``"layer:index"`` of the visualized module.
+        units: units of the visualized module in the package's unit grammar:
+            ``"layer:index"``, ranges ``"fc:0-3"``, every channel ``"fc:*"`` (expanded
+            at ``setup``), positions ``"block3:5@2,2"``.
         module: attribute path of the network inside the LightningModule (``"model"`` for
             :class:`~lightning_fv.modules.classifier.ImageClassifier`; ``""`` = itself).
         every_n_epochs: render after every n-th validation epoch (0 = never).
@@ -52,6 +47,10 @@ class FeatureVisualizationCallback(ScheduledCallback):
         transforms: ``"standard"`` or ``"none"``.
         progress: show a progress bar while rendering.
         log_prefix: tag prefix.
+        tile_size: each logged tile is enlarged to at least this many pixels and captioned
+            (unit, objective value); ``None`` logs the raw pixels without captions.
+        on_error: ``"warn"`` (report a failed render every time through the package
+            logger, a warning and the experiment loggers; training goes on) or ``"raise"``.
         detector: path of a visualization detector saved by
             :func:`lightning_fv.modules.detector.save_detector` (App. C.1, Table 3; loaded
             with safetensors / ``weights_only``). Rank zero then scores every rendered image
@@ -65,16 +64,27 @@ class FeatureVisualizationCallback(ScheduledCallback):
                  at_fit_end: bool = True, image_size: int = 64, steps: int = 128,
                  seed: int = 0, chunk_size: int = 64, transforms: str = "standard",
                  progress: bool = False, log_prefix: str = "fv",
-                 detector: str | None = None) -> None:
+                 detector: str | None = None, tile_size: int | None = 128,
+                 on_error: str = "warn") -> None:
         super().__init__()
         if not units:
-            raise ValueError("FeatureVisualizationCallback needs at least one unit")
+            raise ValueError("FeatureVisualizationCallback needs at least one unit, e.g. "
+                             "['fc:0'], ['fc:0-3'] or ['fc:*']")
         if transforms not in ("standard", "none"):
             raise ValueError(f"transforms must be 'standard' or 'none', got {transforms!r}")
         if every_n_epochs < 0 or steps < 1 or image_size < 1:
             raise ValueError(f"need every_n_epochs >= 0, steps >= 1, image_size >= 1; got "
                              f"{every_n_epochs}, {steps}, {image_size}")
-        self.units = [str(parse_unit(u)) for u in units]
+        if tile_size is not None and tile_size < 1:
+            raise ValueError(f"tile_size must be >= 1 pixel or None, got {tile_size}")
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+        self.unit_spec = [units] if isinstance(units, str) else list(units)
+        # ranges are expanded now; a wildcard needs the network and waits for setup
+        self.units: list[str] | None = None if any("*" in str(u) for u in self.unit_spec) \
+            else [str(u) for u in parse_units(self.unit_spec)]
+        self.tile_size = tile_size
+        self.on_error = on_error
         self.module = module
         self.every_n_epochs = every_n_epochs
         self.at_fit_end = at_fit_end
@@ -91,7 +101,8 @@ class FeatureVisualizationCallback(ScheduledCallback):
         self.last_images: torch.Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.check_units(pl_module, self.units, self.module)
+        super().setup(trainer, pl_module, stage)
+        self.units = self.resolve_units(pl_module, self.unit_spec, self.image_size)
         if self.detector is not None and self._detector_net is None:
             from lightning_fv.modules.detector import load_detector
 
@@ -105,63 +116,60 @@ class FeatureVisualizationCallback(ScheduledCallback):
         logits = self._detector_net.resized(images.float().cpu())
         return torch.sigmoid(logits.flatten())
 
-    def run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str = "manual"
-            ) -> dict[str, Any]:
-        """Render this rank's share, gather, log on rank zero; returns the history entry."""
-        net = select_module(pl_module, self.module)
-        mine = shard(self.units, trainer)
-        t0 = time.time()
-        part: dict[str, Any] = {"units": mine, "images": None, "values": None, "error": None}
-        if mine:
-            try:
-                with isolated(net):
-                    res = render_units(net, mine, chunk_size=self.chunk_size, seed=self.seed,
-                                       thresholds=(self.steps,), image_size=self.image_size,
-                                       transforms="standard" if self.transforms == "standard"
-                                       else None, progress=self.progress)
-                part["images"], part["values"] = res.final, res.values[self.steps]
-            except Exception as err:  # noqa: BLE001 - a failed render must not end training
-                part["error"] = (f"{type(self).__name__}: rendering unit(s) {mine} failed: "
-                                 f"{type(err).__name__}: {err}")
-        parts = gather_objects(trainer, part)
-        entry: dict[str, Any] = {"epoch": int(trainer.current_epoch), "step":
-                                 int(trainer.global_step), "tag": tag, "values": {},
-                                 "errors": [p["error"] for p in parts if p["error"]],
-                                 "shards": [list(p["units"]) for p in parts]}
-        for err in entry["errors"]:
-            rank_zero_warn(err)
-        ok = [p for p in parts if p["error"] is None and p["images"] is not None]
-        if ok and not entry["errors"]:
-            units = unshard([p["units"] for p in parts])
-            images = torch.stack(unshard([list(p["images"]) for p in parts]))
-            values = torch.stack(unshard([list(p["values"]) for p in parts]))
-        else:
-            units = [u for p in ok for u in p["units"]]
-            images = torch.cat([p["images"] for p in ok]) if ok else None
-            values = torch.cat([p["values"] for p in ok]) if ok else None
-        if images is not None:
-            self.last_images = images
-            entry["values"] = {u: float(v) for u, v in zip(units, values)}
-            if trainer.is_global_zero:
-                by_layer: dict[str, list[int]] = {}
-                for i, u in enumerate(units):
-                    by_layer.setdefault(parse_unit(u).layer, []).append(i)
-                for layer, idx in by_layer.items():
-                    log_image(trainer, f"{self.log_prefix}/{layer}", image_grid(images[idx]))
-                log_scalars(trainer, {f"{self.log_prefix}/value/{u}": v
-                                      for u, v in entry["values"].items()})
-                if self._detector_net is not None:
-                    p = self.detector_scores(images)
-                    entry["detector_p_natural"] = {u: float(v) for u, v in zip(units, p)}
-                    scalars = {f"{self.log_prefix}/detector/p_natural/{u}": float(v)
-                               for u, v in zip(units, p)}
-                    scalars[f"{self.log_prefix}/detector/vis_fraction"] = float(
-                        (p < 0.5).float().mean())
-                    log_scalars(trainer, scalars)
-        self.history.append(entry)
-        rank_zero_info(f"{type(self).__name__}: rendered {len(units)} unit(s) in "
-                       f"{time.time() - t0:.1f} s")
-        return entry
+    def items(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]:
+        if self.units is None:
+            self.units = self.resolve_units(pl_module, self.unit_spec, self.image_size)
+        return list(self.units)
+
+    def shapes(self, items: list[str], trainer: L.Trainer, pl_module: L.LightningModule
+               ) -> dict[str, tuple[int, ...]]:
+        return {"image": (3, self.image_size, self.image_size), "value": ()}
+
+    def describe(self, items: list[str]) -> str:
+        return f"rendering unit(s) {items}"
+
+    def compute(self, net: torch.nn.Module, items: list[str], trainer: L.Trainer,
+                pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        """Render ``items`` with the fixed ``seed``: ``{"image": (K, 3, S, S), "value": (K,)}``."""
+        res = render_units(net, items, chunk_size=self.chunk_size, seed=self.seed,
+                           thresholds=(self.steps,), image_size=self.image_size,
+                           transforms="standard" if self.transforms == "standard" else None,
+                           progress=self.progress)
+        return {"image": res.final, "value": res.values[self.steps]}
+
+    def summarize(self, items: list[str], results: dict[str, torch.Tensor],
+                  done: torch.Tensor) -> dict[str, Any]:
+        units = [u for u, ok in zip(items, done.tolist()) if ok]
+        if not units:
+            return {"values": {}}
+        self.last_images = results["image"][done].float()
+        return {"values": {u: float(v) for u, v in zip(units, results["value"][done])}}
+
+    def log_results(self, trainer: L.Trainer, entry: dict[str, Any], items: list[str],
+            results: dict[str, torch.Tensor], done: torch.Tensor, tag: str) -> None:
+        """One captioned grid per layer (unit and objective value under every tile), the
+        objective values and, with a detector, its scores (rank zero)."""
+        units = list(entry["values"])
+        images = self.last_images
+        assert images is not None
+        by_layer: dict[str, list[int]] = {}
+        for i, u in enumerate(units):
+            by_layer.setdefault(parse_unit(u).layer, []).append(i)
+        for layer, idx in by_layer.items():
+            log_grid(trainer, self.image_tag(layer, tag), images[idx],
+                     labels=[units[i] for i in idx],
+                     values=[entry["values"][units[i]] for i in idx], tile_size=self.tile_size)
+        log_scalars(trainer, {f"{self.log_prefix}/value/{u}": v
+                              for u, v in entry["values"].items()})
+        if self._detector_net is not None:
+            p = self.detector_scores(images)
+            entry["detector_p_natural"] = {u: float(v) for u, v in zip(units, p)}
+            scalars = {f"{self.log_prefix}/detector/p_natural/{u}": float(v)
+                       for u, v in zip(units, p)}
+            scalars[f"{self.log_prefix}/detector/vis_fraction"] = float(
+                (p < 0.5).float().mean())
+            log_scalars(trainer, scalars)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "units": list(self.units), "history": list(self.history)}
+        return {"seed": self.seed, "units": list(self.units or []),
+                "history": list(self.history)}

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_fv.analysis.similarity import (
     SanityCheckResult,
@@ -24,7 +24,6 @@ from lightning_fv.callbacks._logging import (
     log_scalars,
     select_module,
     shard,
-    unshard,
 )
 from lightning_fv.callbacks._scheduled import ScheduledCallback
 from lightning_fv.optvis.hooks import get_layer, parse_unit
@@ -68,6 +67,7 @@ class SanityCheckCallback(ScheduledCallback):
         seed: first rendering seed.
         progress: progress bar while rendering.
         log_prefix: tag prefix.
+        on_error: ``"warn"`` (report failures every time; training goes on) or ``"raise"``.
     """
 
     def __init__(self, layers: list[str], num_classes: int | None = None,
@@ -76,8 +76,12 @@ class SanityCheckCallback(ScheduledCallback):
                  strides: tuple[int, int, int] = (10, 100, 5),
                  visualizations_per_class: int = 1, steps: int = 128, every_n_epochs: int = 1,
                  at_fit_end: bool = False, max_images: int = 500, min_gap: float = 0.01,
-                 seed: int = 0, progress: bool = False, log_prefix: str = "sanity") -> None:
+                 seed: int = 0, progress: bool = False, log_prefix: str = "sanity",
+                 on_error: str = "warn") -> None:
         super().__init__()
+        if on_error not in ("warn", "raise"):
+            raise ValueError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+        self.on_error = on_error
         if not layers:
             raise ValueError("SanityCheckCallback needs at least one layer")
         if metric not in ("spearman", "pearson", "cosine"):
@@ -116,6 +120,7 @@ class SanityCheckCallback(ScheduledCallback):
         return [f"{self.class_layer}:{c}" for c in range(int(n))]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         net = select_module(pl_module, self.module)
         for name in [*self.layers, *(parse_unit(u).layer for u in self._units(pl_module))]:
             try:
@@ -127,8 +132,7 @@ class SanityCheckCallback(ScheduledCallback):
         """Warn about the errors gathered from all ranks and record them in ``history``;
         ``True`` if there were any."""
         errors = [p["error"] for p in parts if p["error"]]
-        for e in errors:
-            rank_zero_warn(e)
+        self.report(trainer, errors)
         if errors:
             self.history.append({"epoch": int(trainer.current_epoch), "errors": errors})
         return bool(errors)
@@ -141,7 +145,8 @@ class SanityCheckCallback(ScheduledCallback):
         natural, labels = self.buffer.gathered(trainer)
         units = self._units(pl_module)
         jobs = [(c, k) for c in range(len(units)) for k in range(self.visualizations_per_class)]
-        mine = shard(jobs, trainer)
+        index = shard(list(range(len(jobs))), trainer)
+        mine = [jobs[i] for i in index]
         error = None
         vis_part = None
         if natural.shape[0] < 2:
@@ -158,12 +163,16 @@ class SanityCheckCallback(ScheduledCallback):
             except Exception as err:  # noqa: BLE001 - never end the run
                 error = (f"{type(self).__name__}: rendering unit(s) "
                          f"{[units[c] for c, _ in mine]} failed: {type(err).__name__}: {err}")
-        parts = gather_objects(trainer, {"vis": vis_part or [], "jobs": mine, "error": error})
+        size = (3, *natural.shape[-2:]) if natural.dim() == 4 else (3, 0, 0)
+        stacked, done = self.gather(trainer, net, len(jobs), {"vis": size},
+                                    index if vis_part is not None else [],
+                                    None if vis_part is None else {"vis": torch.stack(vis_part)})
+        parts = gather_objects(trainer, {"jobs": mine, "error": error})
         if self._report_errors(trainer, parts):
             return None
         shards = [[units[c] for c, _ in p["jobs"]] for p in parts]
-        vis = torch.stack(unshard([p["vis"] for p in parts]))
-        vis_labels = torch.tensor([c for c, _ in unshard([p["jobs"] for p in parts])])
+        vis = stacked["vis"][done].float()
+        vis_labels = torch.tensor([c for (c, _), ok in zip(jobs, done.tolist()) if ok])
         # similarity per layer: this rank's share of the layers
         my_layers = shard(self.layers, trainer)
         groups, error = {}, None
@@ -202,7 +211,7 @@ class SanityCheckCallback(ScheduledCallback):
             log_scalars(trainer, scalars)
             from lightning_fv.analysis.figures import sanity_check_figure
 
-            log_figure(trainer, f"{self.log_prefix}/figure", sanity_check_figure(
+            log_figure(trainer, self.image_tag("figure", tag), sanity_check_figure(
                 result, title=f"sanity check ({self.metric}), epoch {trainer.current_epoch}"))
         score = "nan" if math.isnan(result.score) else f"{result.score:.3f}"
         rank_zero_info(f"{type(self).__name__}: score {score} over {len(self.layers)} layers, "

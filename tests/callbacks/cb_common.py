@@ -51,9 +51,12 @@ def trained_module(steps: int = 40) -> ImageClassifier:
     return m
 
 
-def callbacks(steps: int = 3) -> list[L.Callback]:
+def callbacks(steps: int = 3, tile_size: int | None = None) -> list[L.Callback]:
+    """The three callbacks; ``tile_size=None`` logs the raw-pixel grids whose exact sizes
+    the logging tests check (the default of the callback is a captioned, enlarged grid)."""
     return [
-        FeatureVisualizationCallback(FV_UNITS, module="model", image_size=16, steps=steps),
+        FeatureVisualizationCallback(FV_UNITS, module="model", image_size=16, steps=steps,
+                                     tile_size=tile_size),
         SanityCheckCallback(LAYERS, module="model", steps=steps, strides=(1, 1, 1)),
         PathLinearityCallback(["block2:1", "fc:1"], module="model", num_images=2,
                               steps=steps + 1),

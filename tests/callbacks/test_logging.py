@@ -100,3 +100,26 @@ def test_log_image_rejects_a_batch_instead_of_one_image():
 
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         _to_uint8_hwc(torch.rand(2, 3, 4, 4))
+
+
+def test_mlflow_keeps_the_fit_end_image_beside_the_last_epochs_image(logged_run):
+    """Epoch 0 and the end of fit share step 4: before, both were ``fv/block2/step_4.png``
+    and MLflow kept only the second."""
+    from mlflow.tracking import MlflowClient
+
+    root, loggers, (fv, sanity, lin) = logged_run
+    client = MlflowClient(tracking_uri=(root / "mlruns").as_uri())
+    run_id = loggers[2].run_id
+    epoch = client.download_artifacts(run_id, "fv/block2/step_4.png", str(root / "dl_a"))
+    end = client.download_artifacts(run_id, "fv/block2_fit_end/step_4.png",
+                                    str(root / "dl_b"))
+    assert [h["tag"] for h in fv.history] == ["epoch", "fit_end"]
+    assert Image.open(epoch).size == Image.open(end).size == (2 * 16 + 3 * 2, 16 + 2 * 2)
+
+
+def test_mlflow_artifact_names_get_a_suffix_instead_of_replacing():
+    from lightning_fv.callbacks._logging import _mlflow_name
+
+    assert _mlflow_name("run-x", "fv/fc/step_3", ".png") == "fv/fc/step_3.png"
+    assert _mlflow_name("run-x", "fv/fc/step_3", ".png") == "fv/fc/step_3_1.png"
+    assert _mlflow_name("run-y", "fv/fc/step_3", ".png") == "fv/fc/step_3.png"

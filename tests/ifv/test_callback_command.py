@@ -113,3 +113,37 @@ def test_ifv_command_jacobian_dtype(tmp_path: Path) -> None:
         out[None]["angle_predicted_mean_deg"], abs=0.05)
     with pytest.raises(ValueError, match="jacobian_dtype"):
         ifv(**kw, jacobian_dtype="half", output_dir=str(tmp_path / "bad"))
+
+
+def test_two_callbacks_keep_separate_states_through_a_checkpoint(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def make() -> list[InverseFeatureVisualizationCallback]:
+        kw = dict(n_targets=2, steps=2, lbfgs_steps=1, reopt_steps=0, image_size=12)
+        return [InverseFeatureVisualizationCallback(layer="model.bn", k=2.0, **kw),
+                InverseFeatureVisualizationCallback(layer="model.conv1", k=0.0,
+                                                    log_prefix="ifv_conv1", **kw)]
+
+    def fit(cbs: list, epochs: int, ckpt: str | None, out: Path) -> None:
+        torch.manual_seed(0)
+        L.Trainer(max_epochs=epochs, logger=False, callbacks=[*cbs, ModelCheckpoint(
+            dirpath=out, save_last=True)], enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+            limit_train_batches=1, default_root_dir=out).fit(Module(), _loader(), _loader(),
+                                                             ckpt_path=ckpt)
+
+    first = make()
+    fit(first, 1, None, tmp_path / "a")
+    assert first[0].state_key != first[1].state_key
+    assert not (tmp_path / "a" / "ifv").exists()  # logger=False: no figure files anywhere
+    saved = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)["callbacks"]
+    assert saved[first[0].state_key]["history"] == first[0].history
+    assert saved[first[1].state_key]["history"] == first[1].history
+    assert set(first[0].history[0]) - {"epoch"} == {
+        f"ifv/val/{k}" for k in first[0]._keys()}
+    assert set(first[1].history[0]) - {"epoch"} == {
+        f"ifv_conv1/val/{k}" for k in first[1]._keys()}
+    resumed = make()
+    fit(resumed, 2, str(tmp_path / "a" / "last.ckpt"), tmp_path / "b")
+    for old, new in zip(first, resumed):
+        assert new.history[:1] == old.history and new.history[1]["epoch"] == 1.0
