@@ -8,14 +8,16 @@ input gets a :class:`Normalize` (``(x − mean) / std``) from exactly one of: th
 - Functions that run a model on images take ``normalize=`` (``None``, a ``(mean, std)``
   pair or a module) and resolve it with :func:`as_normalize`.
 - A model that must normalize itself (adversarial training, where the perturbation lives
-  in pixel space) is wrapped in :class:`NormalizedModel`.
+  in pixel space) is wrapped in :class:`NormalizedModel`, or, to keep the user's layer
+  names, normalizes inside :func:`normalized_input` (a forward pre-hook).
 - :func:`check_mean_std` is the one check that mean and std come together.
 """
 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -142,3 +144,26 @@ class NormalizedModel(nn.Module):
     def unwrap(self) -> nn.Module:
         """The backbone, whose layer names are the user's model's names."""
         return self.backbone
+
+
+@contextmanager
+def normalized_input(model: nn.Module, normalize: NormalizeLike) -> Iterator[nn.Module]:
+    """Inside the block, ``model`` normalizes its own first input (a forward pre-hook), so
+    every pixel-space caller can use it and its layer names stay the user's; the hook is
+    removed on exit (also on error). ``normalize=None`` changes nothing."""
+    norm = as_normalize(normalize)
+    if norm is None:
+        yield model
+        return
+    for t in model.parameters():
+        norm = norm.to(t.device)
+        break
+
+    def hook(_m: nn.Module, args: tuple) -> tuple:
+        return (norm(args[0]), *args[1:])
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield model
+    finally:
+        handle.remove()
