@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-gpu lint bench clean miniatures \
+.PHONY: demo test test-slow test-docs test-gpu lint bench clean clean-outputs miniatures \
 	miniature-sanity miniature-manipulation miniature-ifv miniature-robust miniature-invariant
 
 $(STAMP): pyproject.toml
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --timeout=3600
+
+# every command line of README.md and docs/*.md, as written, at full size (slow; the
+# reduced-size runs are part of `make test`)
+test-docs: $(STAMP)
+	$(PY) -m pytest -q -m slow --timeout=7200 tests/docs
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
@@ -48,5 +53,12 @@ miniature-robust: $(STAMP)
 miniature-invariant: $(STAMP)
 	$(PY) scripts/invariant_miniature.py
 
+# Caches and scratch only: trained detectors, manipulated models, checkpoints and renders
+# under outputs/ stay (the docs tell users to keep them there).
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs/cache .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Everything the commands wrote: outputs/ (detectors, checkpoints, renders…) and lightning_logs/.
+clean-outputs:
+	rm -rf outputs lightning_logs

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_fv.callbacks.inverse_fv import ifv_figure
+from lightning_fv.analysis.figures import ifv_figure
 from lightning_fv.ifv import (
     angular_distance,
     critical_fraction,

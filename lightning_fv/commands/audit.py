@@ -18,6 +18,7 @@ from lightning_fv.models import build_model
 from lightning_fv.report import audit as run_audit
 from lightning_fv.report import write_report
 from lightning_fv.utils import resolve_device
+from lightning_fv.utils.preprocess import check_mean_std
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,7 @@ def audit(
     """
     from lightning_fv.report import SECTIONS
 
-    if (mean is None) != (std is None):
-        raise ValueError(f"give both mean and std, or neither (got mean={mean}, std={std})")
+    check_mean_std(mean, std)
     dev = resolve_device(device)
     net = build_model(model, num_classes=num_classes, checkpoint_path=checkpoint_path)
     net = net.to(dev).eval()

@@ -5,14 +5,39 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+import time
 
 import torch
 
 from lightning_fv.models import build_model
-from lightning_fv.models.normalize import Normalize
+from lightning_fv.utils.checkpoint import save_tensors
+from lightning_fv.utils.console import StepProgress
+from lightning_fv.utils.device import resolve_device
+from lightning_fv.utils.files import apply_umask, output_folder
+from lightning_fv.utils.preprocess import as_normalize, check_mean_std
 
 log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = "outputs/ifv"
+
+
+class _LazyBar:
+    """A ``(done, total)`` callback that opens a :class:`StepProgress` at its first call."""
+
+    def __init__(self, desc: str, enabled: bool) -> None:
+        self.desc, self.enabled = desc, enabled
+        self.bar: StepProgress | None = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = StepProgress(total, self.desc, unit="step", enabled=self.enabled)
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def ifv(
@@ -34,7 +59,9 @@ def ifv(
     chunk_size: int = 64,
     jacobian_dtype: str | None = None,
     device: str = "auto",
-    output_dir: str = "outputs/ifv",
+    output_dir: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> list[str]:
     """Sample Hoyer-sparse targets on ``layer``, visualize them, recover them with Grad-IFV
     and evaluate (angles, α_j, SSIM after re-optimization); write ``metrics.json``,
@@ -59,25 +86,27 @@ def ifv(
         jacobian_dtype: ``"bfloat16"`` or ``"float64"``: differentiate a copy of the model in
             that dtype, with the float32 ReLU/max-pool decisions pinned (default float32).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``…
-        output_dir: output folder.
+        output_dir: output folder; default a fresh ``outputs/ifv/version_N`` per run. An
+            existing non-empty folder is refused unless ``overwrite``.
+        overwrite: allow writing into a folder that already holds a result.
+        progress: progress over the realizations' optimizer steps (when the experiment
+            reports it) and one log line per stage; ``--progress false`` for scripts.
 
     Returns:
         The written file paths.
     """
-    from safetensors.torch import save_file
 
-    from lightning_fv.callbacks.inverse_fv import ifv_figure
+    from lightning_fv.analysis.figures import ifv_figure
     from lightning_fv.ifv import critical_space, jacobian_gram, run_ifv
     from lightning_fv.ifv.jacobian import feature_jacobian
     from lightning_fv.optvis.param import ImageParam
     from lightning_fv.utils.images import save_grid
 
-    if (mean is None) != (std is None):
-        raise ValueError("give both mean and std, or neither")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                       else ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
+    out = output_folder(output_dir, DEFAULT_ROOT, overwrite=overwrite)
     net = build_model(model, checkpoint_path=checkpoint_path).to(dev).eval()
-    norm = None if mean is None else Normalize(mean, std).to(dev)
+    given = check_mean_std(mean, std)
+    norm = as_normalize(given, dev)
     dtypes = {"bfloat16": torch.bfloat16, "float64": torch.float64, "float32": None}
     if jacobian_dtype is not None and jacobian_dtype not in dtypes:
         raise ValueError(f"jacobian_dtype must be one of {sorted(dtypes)}, got {jacobian_dtype!r}")
@@ -85,9 +114,20 @@ def ifv(
     kwargs = dict(n_canonical=n_canonical, k=k, steps=steps, lbfgs_steps=lbfgs_steps,
                   image_size=image_size, aggregation=aggregation, normalize=norm, seed=seed,
                   chunk_size=chunk_size, jacobian_dtype=jdtype)
+    bar = _LazyBar(f"ifv: realize {n_targets + n_canonical} target(s)", progress)
+    kwargs["progress"] = bar
+    t0 = time.time()
+    log.info("ifv: %d target(s) on %s, %d Adam + %d L-BFGS steps each, %d re-optimization "
+             "steps%s", n_targets + n_canonical, layer, steps, lbfgs_steps, reopt_steps,
+             " (critical space first)" if critical_rho is not None else "")
     critical = None
     if critical_rho is not None:
-        probe = run_ifv(net, layer, n_targets, reopt_steps=0, **kwargs)
+        probe_bar = _LazyBar("ifv: critical-space probe", progress)
+        try:
+            probe = run_ifv(net, layer, n_targets, reopt_steps=0,
+                            **{**kwargs, "progress": probe_bar})
+        finally:
+            probe_bar.close()
         param = ImageParam.from_images(probe.images.to(dev), fft=False, decorrelate=False)
         _, jac = feature_jacobian(net, layer, param.raw.detach(), param,
                                   aggregation=aggregation, normalize=norm,
@@ -95,9 +135,12 @@ def ifv(
         critical, _ = critical_space(critical_rho, grams=jacobian_gram(jac))
         log.info("critical space of dimension %d", critical.shape[1])
         kwargs["seed"] = seed + 10_000  # fresh targets for the evaluation
-    res = run_ifv(net, layer, n_targets, reopt_steps=reopt_steps, critical=critical, **kwargs)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        res = run_ifv(net, layer, n_targets, reopt_steps=reopt_steps, critical=critical,
+                      **kwargs)
+    finally:
+        bar.close()
+    log.info("ifv: done in %.0f s", time.time() - t0)
     summary = res.summary()
     if critical is not None:
         summary["critical_dim"] = float(critical.shape[1])
@@ -107,16 +150,17 @@ def ifv(
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    save_grid(res.images, out / "realizations.png")
+    save_grid(res.images, out / "realizations.png",  # tile i: the realization of target i
+              labels=[f"target {i}" for i in range(len(res.images))], tile_size=128)
     tensors = {"targets": res.targets, "images": res.images, "responses": res.responses,
                "alpha": res.alpha, "residual": res.residual}
     tensors.update({f"objective_{k_}": v for k_, v in res.objectives.items()})
     tensors.update({f"angle_{k_}": v for k_, v in res.angles.items()})
     tensors.update({f"ssim_{k_}": v for k_, v in res.ssim.items()})
-    save_file({k_: v.float().clone().contiguous() for k_, v in tensors.items()},
-              str(out / "ifv.safetensors"))
+    save_tensors({k_: v.float().clone() for k_, v in tensors.items()}, out / "ifv.safetensors")
     paths = [out / n for n in ("metrics.json", "ifv.png", "realizations.png",
                                "ifv.safetensors")]
+    apply_umask(*paths)
     for p in paths:
         log.info("wrote %s", p)
     return [str(p) for p in paths]

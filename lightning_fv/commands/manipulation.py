@@ -12,14 +12,10 @@ import torch
 
 from lightning_fv.data.embedded import EMBEDDED, load_photos
 from lightning_fv.models import build_model
+from lightning_fv.utils.device import resolve_device
+from lightning_fv.utils.files import apply_umask, output_file
 
 log = logging.getLogger(__name__)
-
-
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def train_detector(
@@ -38,9 +34,16 @@ def train_detector(
     cache_dir: str = "outputs/cache/trajectories",
     device: str = "auto",
     output: str = "outputs/manipulation/detector.safetensors",
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> dict[str, float]:
     """Train the Table 3 detector on natural images vs. visualization trajectories of
     ``model`` (App. C.1) and save it (safetensors). Returns held-out accuracies.
+
+    This is ``lightning-fv fit`` of :class:`VisualizationDetector` on a
+    :class:`TrajectoryDataModule` (the arguments below become that config; the YAML route
+    is ``lightning-fv fit --config examples/configs/detector_photo_patches.yaml``), then one
+    validation pass and the detector file.
 
     Args:
         model: model name for :func:`lightning_fv.models.build_model`.
@@ -53,27 +56,36 @@ def train_detector(
         epochs, batch_size: SGD training (lr 0.01, momentum 0.9, wd 5e-5).
         cache_dir: trajectory cache folder.
         device: ``auto``, ``cpu`` or ``cuda``.
-        output: detector file.
+        output: detector file (an existing file is refused unless ``overwrite``).
+        overwrite: replace an existing ``output``.
+        progress: Lightning's progress bars (``--progress false`` for scripts).
     """
-    import lightning as L
+    from lightning_fv.cli import run_lightning_cli
+    from lightning_fv.modules.detector import save_detector
 
-    from lightning_fv.data.trajectories import TrajectoryDataModule
-    from lightning_fv.modules.detector import VisualizationDetector, save_detector
-
-    dm = TrajectoryDataModule(model, layers=layers, units=units,
-                              max_units_per_layer=max_units_per_layer, natural=natural,
-                              n_natural_per_class=n_natural_per_class, image_size=image_size,
-                              trajectories_per_unit=trajectories_per_unit, steps=steps,
-                              test_fraction=test_fraction, cache_dir=cache_dir, device=device,
-                              batch_size=batch_size)
-    module = VisualizationDetector(image_size=image_size, max_epochs=epochs)
-    acc = "gpu" if _device(device).type == "cuda" else "cpu"
-    trainer = L.Trainer(max_epochs=epochs, accelerator=acc, logger=False,
-                        enable_checkpointing=False, num_sanity_val_steps=0)
-    trainer.fit(module, dm)
-    metrics = trainer.validate(module, dm, verbose=False)[0]
-    save_detector(module.net.cpu(), output)
-    log.info("detector saved to %s: %s", output, metrics)
+    out = output_file(output, overwrite=overwrite)
+    data = {"model": model, "layers": layers, "units": units,
+            "max_units_per_layer": max_units_per_layer, "natural": natural,
+            "n_natural_per_class": n_natural_per_class, "image_size": image_size,
+            "trajectories_per_unit": trajectories_per_unit, "steps": steps,
+            "test_fraction": test_fraction, "cache_dir": cache_dir, "device": device,
+            "batch_size": batch_size}
+    args = ["fit", "--model", "lightning_fv.modules.detector.VisualizationDetector",
+            "--model.image_size", str(image_size), "--model.max_epochs", str(epochs),
+            "--data", "lightning_fv.data.trajectories.TrajectoryDataModule"]
+    for key, value in data.items():
+        if value is not None:
+            args += [f"--data.{key}", json.dumps(value) if isinstance(value, list) else str(value)]
+    dev = resolve_device(device)
+    args += ["--trainer.max_epochs", str(epochs), "--trainer.logger", "false",
+             "--trainer.accelerator", "gpu" if dev.type == "cuda" else "cpu",
+             "--trainer.enable_checkpointing", "false", "--trainer.num_sanity_val_steps", "0",
+             "--trainer.enable_progress_bar", str(bool(progress)).lower()]
+    cli = run_lightning_cli(args)
+    metrics = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]
+    save_detector(cli.model.net.cpu(), out)
+    apply_umask(out)
+    log.info("detector saved to %s: %s", out, metrics)
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -122,6 +134,7 @@ def manipulate(
     bias: str = "max",
     percentile: float = 99.0,
     output: str = "outputs/manipulation/manipulated.safetensors",
+    overwrite: bool = False,
 ) -> str:
     """Build a manipulated model and save it (safetensors with the manipulation recipe).
 
@@ -142,11 +155,13 @@ def manipulate(
             ``filter`` (that unit's filter) or ``random``.
         alpha, beta, bias, percentile: silent-unit parameters (Eq. 2, App. D):
             ``Θ̄ = αΘ + βΔΘ⊥``.
-        output: output file.
+        output: output file (an existing file is refused unless ``overwrite``).
+        overwrite: replace an existing ``output``.
 
     Returns:
         The written path.
     """
+    output_file(output, overwrite=overwrite)
     from lightning_fv.manipulation import (
         embed_images,
         pattern_from_image,
@@ -194,6 +209,7 @@ def manipulate(
     else:
         raise ValueError(f"unknown method {method!r}; valid: permute, embed, silent")
     path = save_manipulated(new, output, base=model)
+    apply_umask(path)
     log.info("manipulated model saved to %s", path)
     return str(path)
 
@@ -207,9 +223,14 @@ def render_comparison(
     seed: int = 0,
     device: str = "auto",
     output: str = "outputs/manipulation/before_after.png",
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> str:
     """Render ``units`` of the original (top row) and the manipulated model (bottom row)
     with the same seeds and save the grid (Fig. 2 / Fig. 5 style).
+
+    The grid's rows are labelled ``original`` / ``manipulated``; every tile carries its
+    unit and final objective value.
 
     Args:
         manipulated_path: file written by :func:`manipulate`.
@@ -217,31 +238,42 @@ def render_comparison(
         units: unit names (default: the first 10 units of the manipulated layer).
         steps, image_size, seed: rendering settings.
         device: ``auto``, ``cpu`` or ``cuda``.
-        output: PNG path; a ``.json`` with the objective values is written beside it.
+        output: PNG path; a ``.json`` with the objective values is written beside it (an
+            existing file is refused unless ``overwrite``).
+        overwrite: replace an existing ``output``.
+        progress: progress bar over units × steps for each model.
     """
     from lightning_fv.manipulation import load_manipulated
     from lightning_fv.manipulation.io import read_manipulation_metadata
     from lightning_fv.optvis.render import render_units
     from lightning_fv.utils import save_grid
 
+    output_file(output, overwrite=overwrite)
     meta = read_manipulation_metadata(manipulated_path)
     name = model or meta.get("base")
     if not name:
         raise ValueError("the file does not record its base model; pass model=")
-    dev = _device(device)
+    dev = resolve_device(device)
     base = build_model(str(name)).eval()
     new = load_manipulated(base, manipulated_path).to(dev)
     base = base.to(dev)
     if not units:
         layer = meta["manipulations"][-1]["layer"]  # type: ignore[index]
         units = [f"{layer}:{i}" for i in range(10)]
-    kw = dict(thresholds=(steps,), image_size=image_size, seed=seed, progress=True)
+    kw = dict(thresholds=(steps,), image_size=image_size, seed=seed, progress=progress)
     before = render_units(base, units, **kw)
     after = render_units(new, units, **kw)
-    path = save_grid(torch.cat([before.final, after.final]), output, nrow=len(units))
-    Path(output).with_suffix(".json").write_text(json.dumps({
-        "units": list(units), "values_before": before.values[steps].tolist(),
+    path = save_grid(torch.cat([before.final, after.final]), output, nrow=len(units),
+                     labels=list(units) * 2,
+                     values=torch.cat([before.values[steps], after.values[steps]]),
+                     row_labels=["original", "manipulated"], tile_size=128)
+    meta_path = Path(output).with_suffix(".json")
+    meta_path.write_text(json.dumps({
+        "rows": ["original", "manipulated"], "units": list(units),
+        "values_before": before.values[steps].tolist(),
         "values_after": after.values[steps].tolist()}, indent=2))
+    log.info("wrote %s (rows: original, manipulated; columns: %s) and %s", path,
+             ", ".join(units), meta_path)
     return str(path)
 
 

@@ -1,16 +1,19 @@
-"""``lightning-fv render``: render units of a model to PNG grids and a tensor file."""
+"""``lightning-fv render``: a one-line :class:`~lightning_fv.modules.FeatureVisualizer`
+sweep (``trainer.predict`` on one device) that writes PNG grids and a tensor file."""
 
 from __future__ import annotations
 
 import logging
 
-import torch
+import lightning as L
 
-from lightning_fv.models import build_model
-from lightning_fv.modules.feature_visualizer import expand_units, save_sweep
-from lightning_fv.optvis.render import render_units
+from lightning_fv.modules.feature_visualizer import FeatureVisualizer
+from lightning_fv.utils.device import resolve_device
+from lightning_fv.utils.files import output_folder
 
 log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = "outputs/render"
 
 
 def render(
@@ -28,45 +31,53 @@ def render(
     bf16: bool = False,
     channels_last: bool = False,
     compile: bool = False,
-    output_dir: str = "outputs/render",
+    output_dir: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> list[str]:
-    """Render ``units`` of ``model`` and write PNG grids (one per layer) and
-    ``units.safetensors`` under ``output_dir``.
+    """Render ``units`` of ``model`` and write ``units.safetensors``, ``units.pt`` and one
+    labelled PNG grid per layer.
 
     Args:
         model: ``"bundled"`` / ``"bundled:digits"``, a torchvision or timm model name.
-        units: unit names (``"fc:3"``, ``"block3:*"`` for all channels, ``"block3:0-15"``).
-        checkpoint_path: local weights for ``model`` (safetensors or a weights-only file).
+        units: unit names (``"fc:3"``, ``"block3:*"`` for all channels, ``"block3:0-15"``);
+            default ``["fc:*"]``; ``[]`` is an error.
+        checkpoint_path: local weights for ``model`` (safetensors or a weights-only file);
+            without one a torchvision/timm model has random weights (a warning says so).
         mean, std: input normalization for models that do not normalize themselves; for
             torchvision/timm ImageNet models pass the values of their weights.
-        image_size: rendered image side in pixels.
+        image_size: rendered image side in pixels (a size the model cannot take is refused
+            naming the smallest that works).
         steps: optimizer steps (Adam, lr 0.05).
         transforms: ``"standard"`` (Lucent's) or ``"none"``.
         seed: seed of every unit.
         chunk_size: units rendered together.
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``…
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
         bf16, channels_last, compile: GPU options.
-        output_dir: output folder.
+        output_dir: output folder; default a fresh ``outputs/render/version_N`` per run. An
+            existing non-empty folder is refused unless ``overwrite``.
+        overwrite: allow writing into a folder that already holds a result.
+        progress: progress bar over units × steps with ETA (``--progress false`` in scripts).
 
     Returns:
         The written file paths.
     """
-    if (mean is None) != (std is None):
-        raise ValueError("give both mean and std, or neither")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                       else ("cpu" if device == "auto" else device))
-    net = build_model(model, checkpoint_path=checkpoint_path).to(dev).eval()
-    names = expand_units(list(units or ["fc:*"]), net, image_size)
-    res = render_units(
-        net, names, chunk_size=chunk_size, seed=seed, progress=True,
-        thresholds=(steps,), image_size=image_size,
-        transforms="standard" if transforms == "standard" else None,
-        normalize=None if mean is None else (mean, std),
-        autocast_dtype=torch.bfloat16 if bf16 else None,
-        channels_last=channels_last, compile=compile,
-    )
-    paths = save_sweep({"units": res.units, "images": res.final,
-                        "values": res.values[steps]}, output_dir)
-    for p in paths:
-        log.info("wrote %s", p)
-    return [str(p) for p in paths]
+    out = output_folder(output_dir, DEFAULT_ROOT, overwrite=overwrite)
+    try:
+        fv = FeatureVisualizer(
+            model, units=units, checkpoint_path=checkpoint_path, mean=mean, std=std,
+            image_size=image_size, thresholds=[steps], transforms=transforms, seed=seed,
+            batch_size=chunk_size, bf16=bf16, channels_last=channels_last, compile=compile,
+            output_dir=str(out), overwrite=True, progress=progress)
+    except Exception:
+        if output_dir is None and not any(out.iterdir()):
+            out.rmdir()  # no empty version_N folders from refused arguments
+        raise
+    dev = resolve_device(device)
+    trainer = L.Trainer(
+        accelerator="gpu" if dev.type == "cuda" else "cpu",
+        devices=[dev.index or 0] if dev.type == "cuda" else 1,
+        logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False)
+    trainer.predict(fv, return_predictions=False)
+    return [str(p) for p in fv.written]

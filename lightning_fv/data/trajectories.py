@@ -35,6 +35,7 @@ from lightning_fv.data.embedded import digits, photo_patches
 from lightning_fv.optvis.hooks import expand_units, list_layers, parse_unit
 from lightning_fv.optvis.render import log_spaced_steps, render_units
 from lightning_fv.optvis.transform import TransformChain, standard_transforms
+from lightning_fv.utils.checkpoint import save_tensors
 from lightning_fv.utils.device import resolve_device
 from lightning_fv.utils.rng import make_generator
 
@@ -268,11 +269,8 @@ class TrajectoryDataModule(L.LightningDataModule):
                                     self.chunk_size, seed=0, progress=True)
             parts.append(augment_like_rendering(v, self.augment_fraction, self.split_seed + k))
         if path is not None:
-            from safetensors.torch import save_file
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"train": parts[0].half().contiguous(), "test": parts[1].half().contiguous()},
-                      str(path), metadata={"settings": json.dumps(settings)})
+            save_tensors({"train": parts[0].half(), "test": parts[1].half()}, path,
+                         metadata={"settings": json.dumps(settings)})
             log.info("cached visualization trajectories in %s", path)
             # the cache holds float16: use the same precision now as after a reload
         return parts[0].half().float(), parts[1].half().float(), train_units, test_units

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from lightning_fv.diffusion.model import LightningDiT
 from lightning_fv.diffusion.sampler import sample
 from lightning_fv.diffusion.vae import LatentNormalizer, ResizeAutoencoder, decode_latents
+from lightning_fv.utils.checkpoint import save_tensors
 
 __all__ = [
     "ASSET",
@@ -171,13 +172,8 @@ def save_pipeline(pipe: LatentDiffusionPipeline, path: str | Path,
                   dtype: torch.dtype | None = None) -> Path:
     """Save the model weights (``model.*``, optionally cast to ``dtype``, e.g. float16 to halve
     the file) and config metadata as ``.safetensors``; loading casts back to float32."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fixed = ("pos_embed", "feat_rope.")  # deterministic tables stay float32
     state = {f"model.{k}": v.detach().to(v.dtype if k.startswith(fixed) else (dtype or v.dtype))
-             .contiguous().cpu() for k, v in pipe.model.state_dict().items()}
-    save_file(state, str(path), metadata=pipeline_metadata(pipe, extra))
-    return path
+             for k, v in pipe.model.state_dict().items()}
+    return save_tensors(state, path, metadata=pipeline_metadata(pipe, extra))
 

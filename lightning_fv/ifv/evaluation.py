@@ -14,6 +14,8 @@ projections onto the critical space, and re-optimization followed by SSIM.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -88,6 +90,7 @@ def reoptimize(
     normalize: nn.Module | tuple | None = None,
     lr: float = 0.05,
     redirect_relu_steps: int = 16,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Re-optimize realizations ``images`` ``(B, 3, H, W)`` in [0, 1] for the cosine-power
     objectives ``objectives`` ``(B, n_f)`` (one per image) with Adam for ``steps`` steps,
@@ -95,11 +98,12 @@ def reoptimize(
     (default: the paper's P_rgb, sigmoid pixels); no transforms. ``redirect_relu_steps``
     is the redirected-ReLU warm-up of :func:`~lightning_fv.optvis.render.render` (16, the
     ``"lucid"`` preset, by default; the IFV paper's optimizer has none: pass 0 for it).
-    Returns ``(B, 3, H, W)``."""
+    ``progress(step, steps)`` is called after every step. Returns ``(B, 3, H, W)``."""
     kw = dict(fft=False, decorrelate=False, output="sigmoid") if param is None else dict(param)
     res = render(model, cosine_power(layer, objectives.float(), k, aggregation),
                  param=kw, transforms=None, thresholds=(steps,), init_images=images,
                  normalize=normalize, redirect_relu_steps=redirect_relu_steps,
+                 progress=progress if progress is not None else False,
                  optimizer=lambda p: torch.optim.Adam(p, lr=lr))
     return res.images[steps]
 

@@ -20,6 +20,7 @@ Tensors in, tensors out: plots and logging live in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -131,13 +132,15 @@ def visualize_targets(
     seed: int = 0,
     lr: float = 0.05,
     redirect_relu_steps: int = 16,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImageParam:
     """Realizations of ``targets`` ``(n, n_f)`` (§3.2): Adam (``steps``, lr ``lr``) then
     L-BFGS (``lbfgs_steps``) on the P_rgb parameterization, no transforms. Sample ``i``
     uses seed ``seed + i``. Returns the optimized :class:`ImageParam` (its ``raw`` are the
     parameters ``v`` that Grad-IFV differentiates). ``redirect_relu_steps``: the
     redirected-ReLU warm-up of the Adam phase (16 by default, the ``"lucid"`` preset; 0 is
-    plain Adam as in the IFV paper)."""
+    plain Adam as in the IFV paper). ``progress(done, total)`` is called after every Adam
+    step and once after L-BFGS, in optimizer steps (``total = steps + lbfgs_steps``)."""
     device = model_device(model)
     n = targets.shape[0]
     gens = [make_generator(seed + i) for i in range(n)]
@@ -147,8 +150,11 @@ def visualize_targets(
         render(model, cosine_power(layer, tg, k, aggregation), param=param, transforms=None,
                thresholds=(steps,), normalize=normalize, seed=[seed + i for i in range(n)],
                redirect_relu_steps=redirect_relu_steps,
+               progress=(lambda s, _t: progress(s, steps + lbfgs_steps)) if progress else False,
                optimizer=lambda p: torch.optim.Adam(p, lr=lr))
         polish_lbfgs(model, layer, param, tg, k, aggregation, normalize, lbfgs_steps)
+    if progress is not None:
+        progress(steps + lbfgs_steps, steps + lbfgs_steps)
     return param
 
 
@@ -170,6 +176,7 @@ def run_ifv(
     chunk_size: int | None = 64,
     jacobian_dtype: torch.dtype | None = None,
     targets: Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> IFVResult:
     """Run the §3.4 experiment on ``layer`` of ``model`` (see the module docstring).
 
@@ -192,6 +199,8 @@ def run_ifv(
         jacobian_dtype: ``compute_dtype`` of the Jacobian (e.g. ``torch.bfloat16`` on a GPU,
             with the float32 ReLU/max-pool decisions pinned; see :func:`feature_jacobian`).
         targets: use these targets ``(n, n_f)`` instead of sampling.
+        progress: called as ``progress(done, total)`` in optimizer steps (Adam and L-BFGS
+            of the realizations, then the re-optimization's Adam steps).
     """
     if k < 0:
         raise ValueError(f"cosine power k must be >= 0, got {k}")
@@ -215,10 +224,12 @@ def run_ifv(
 
         sparsity = hoyer(targets.double()).float()
     random_obj, _ = sample_targets(targets.shape[0], n_f, gen)
+    total_steps = steps + lbfgs_steps + max(reopt_steps, 0)
 
     param = visualize_targets(model, layer, targets, k=k, steps=steps, lbfgs_steps=lbfgs_steps,
                               image_size=image_size, aggregation=aggregation,
-                              normalize=normalize, seed=seed)
+                              normalize=normalize, seed=seed,
+                              progress=_offset(progress, 0, total_steps))
     with torch.inference_mode(False):
         images = param().detach()
         y, jac = feature_jacobian(model, layer, param.raw.detach(), param,
@@ -247,12 +258,21 @@ def run_ifv(
         with torch.inference_mode(False):
             after = reoptimize(model, layer, images.repeat(len(KINDS), 1, 1, 1).to(device),
                                objs.to(device), k=k, steps=reopt_steps, aggregation=aggregation,
-                               normalize=normalize)
+                               normalize=normalize,
+                               progress=_offset(progress, steps + lbfgs_steps, total_steps))
         sims = ssim(images.cpu().repeat(len(KINDS), 1, 1, 1), after.cpu())
         for i, kind in enumerate(KINDS):
             result.ssim[kind] = sims[i * n:(i + 1) * n].float()
             result.reoptimized[kind] = after[i * n:(i + 1) * n].cpu()
     return result
+
+
+def _offset(progress: Callable[[int, int], None] | None, start: int, total: int
+            ) -> Callable[[int, int], None] | None:
+    """A phase's ``(done, _)`` progress reported as ``(start + done, total)``."""
+    if progress is None:
+        return None
+    return lambda done, _t: progress(start + done, total)
 
 
 __all__ = ["KINDS", "IFVResult", "polish_lbfgs", "run_ifv", "visualize_targets"]

@@ -24,7 +24,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_fv.utils.checkpoint import Checkpoint, read_checkpoint
+from lightning_fv.utils.checkpoint import Checkpoint, read_checkpoint, save_tensors
 
 #: ``(kernel, out_channels, stride)`` of the six convolutions of Table 3.
 TABLE3 = ((3, 16, 3), (5, 16, 2), (5, 16, 2), (5, 16, 2), (5, 16, 2), (3, 16, 2))
@@ -121,13 +121,7 @@ def detector_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def save_detector(net: DetectorCNN, path: str | Path) -> Path:
     """Write a :class:`DetectorCNN` as safetensors with its ``image_size``."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    save_file(state, str(path), metadata={"image_size": str(net.image_size)})
-    return path
+    return save_tensors(net.state_dict(), path, metadata={"image_size": str(net.image_size)})
 
 
 def load_detector(path: str | Path) -> DetectorCNN:

@@ -14,23 +14,17 @@ from lightning_fv.manipulation.detector_net import DetectorCNN
 from lightning_fv.manipulation.fooling import GATE_NAME, FoolingLayer, _ensure_gate, _set_layer
 from lightning_fv.manipulation.silent import SilentUnits
 from lightning_fv.optvis.hooks import get_layer
-from lightning_fv.utils.checkpoint import checkpoint_metadata, load_state_dict
+from lightning_fv.utils.checkpoint import checkpoint_metadata, load_state_dict, save_tensors
 
 
 def save_manipulated(model: nn.Module, path: str | Path, base: str | None = None) -> Path:
     """Write ``model``'s state dict and its ``fv_manipulations`` to ``path`` (safetensors).
     ``base`` records how to build the original model (e.g. ``"bundled:photo_patches"``)."""
-    from safetensors.torch import save_file
-
     specs = getattr(model, "fv_manipulations", None)
     if not specs:
         raise ValueError("model carries no manipulation (fv_manipulations is empty)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"manipulations": json.dumps(specs), "base": json.dumps(base)}
-    save_file(state, str(path), metadata=meta)
-    return path
+    return save_tensors(model.state_dict(), path, metadata=meta)
 
 
 def read_manipulation_metadata(path: str | Path) -> dict[str, object]:

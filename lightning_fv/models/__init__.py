@@ -1,11 +1,5 @@
 """Models: the bundled small CNN, explicit normalization and building by name."""
 
-from lightning_fv.models.normalize import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Normalize,
-    preprocessing_from,
-)
 from lightning_fv.models.registry import (
     ModelEntry,
     build_model,
@@ -19,6 +13,12 @@ from lightning_fv.models.registry import (
     strip_prefix,
 )
 from lightning_fv.models.small_cnn import ConvBlock, SmallCNN
+from lightning_fv.utils.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalize,
+    preprocessing_from,
+)
 
 __all__ = [
     "IMAGENET_MEAN",

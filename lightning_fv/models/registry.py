@@ -5,8 +5,10 @@ name and loads a local checkpoint through the one reader
 (:func:`lightning_fv.utils.checkpoint.read_checkpoint`). Registered names:
 
 - ``"bundled"`` or ``"bundled:photo_patches"`` / ``"bundled:digits"``: the small CNNs
-  trained by ``scripts/train_bundled.py`` and shipped in ``lightning_fv/assets``.
+  trained by ``scripts/train_bundled.py`` and shipped in ``lightning_fv/assets``;
+  ``"bundled:photo_patches_vit"``: the tiny ViT trained the same way (``--arch vit``).
 - ``"small_cnn"``: a :class:`SmallCNN` (its config is read from a ``save_small_cnn`` file).
+- ``"tiny_vit"``: a :class:`~lightning_fv.models.vit.TinyViT` (config read from the file).
 - ``"lightningdit"`` or ``"lightningdit:LightningDiT-XL/1"`` (any preset): LightningDiT,
   release checkpoints load from their ``"ema"`` entry.
 - ``"vavae"``: the VA-VAE (diffusers ``AutoencoderKL``); LDM-layout checkpoints are converted.
@@ -39,10 +41,12 @@ from lightning_fv.utils.checkpoint import (
     detect_format,
     load_state_dict,
     read_checkpoint,
+    save_tensors,
 )
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED = {"photo_patches": "small_cnn_photo_patches", "digits": "small_cnn_digits"}
+BUNDLED = {"photo_patches": "small_cnn_photo_patches", "digits": "small_cnn_digits",
+           "photo_patches_vit": "vit_photo_patches"}
 
 __all__ = [
     "ASSETS",
@@ -138,12 +142,9 @@ def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
 def save_small_cnn(model: SmallCNN, path: str | Path,
                    extra: dict[str, object] | None = None) -> None:
     """Save a :class:`SmallCNN` as safetensors with its config in the metadata."""
-    from safetensors.torch import save_file
-
     meta = {"config": json.dumps(small_cnn_config(model)), **{
         k: json.dumps(v) for k, v in (extra or {}).items()}}
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=meta)
+    save_tensors(model.state_dict(), path, metadata=meta)
 
 
 def _small_cnn_config(ck: Checkpoint) -> dict[str, Any]:
@@ -167,22 +168,36 @@ def _bundled_path(name: str) -> Path:
         raise KeyError(f"unknown bundled model {name!r}; available: {sorted(BUNDLED)}")
     path = ASSETS / f"{BUNDLED[name]}.safetensors"
     if not path.is_file():
+        dataset = name.removesuffix("_vit")
+        flag = " --arch vit" if name.endswith("_vit") else ""
         raise FileNotFoundError(
             f"bundled checkpoint {str(path)!r} is missing; rebuild it with "
-            f"`python scripts/train_bundled.py --dataset {name}`"
+            f"`python scripts/train_bundled.py --dataset {dataset}{flag}`"
         )
     return path
 
 
-def bundled_model(name: str = "photo_patches") -> SmallCNN:
-    """The bundled small CNN trained on ``name`` (``"photo_patches"`` or ``"digits"``)."""
-    return load_small_cnn(_bundled_path(name))
+def bundled_model(name: str = "photo_patches") -> nn.Module:
+    """The bundled model ``name`` in eval mode: the small CNN trained on
+    ``"photo_patches"`` or ``"digits"``, or the tiny ViT ``"photo_patches_vit"``
+    (:class:`~lightning_fv.models.vit.TinyViT`, 64×64 input)."""
+    path = _bundled_path(name)
+    if json.loads(checkpoint_metadata(path).get("arch", '"small_cnn"')) == "tiny_vit":
+        return build_model("tiny_vit", checkpoint_path=str(path)).eval()
+    return load_small_cnn(path)
 
 
 # ----------------------------------------------------------------- registered models
 @register_model("small_cnn", config_from_checkpoint=_small_cnn_config)
 def _small_cnn(num_classes: int = 10, **kwargs: Any) -> nn.Module:
     return SmallCNN(num_classes=num_classes, **kwargs)
+
+
+@register_model("tiny_vit", config_from_checkpoint=_small_cnn_config)
+def _tiny_vit(num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    from lightning_fv.models.vit import TinyViT
+
+    return TinyViT(num_classes=num_classes, **kwargs)
 
 
 @register_model("bundled")

@@ -144,14 +144,11 @@ def train_sae(
 def save_sae(sae: TopKSAE, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write the SAE weights as ``.safetensors`` with ``d_in``/``d_hidden``/``k`` (and
     ``extra``, e.g. the layer name) in the metadata."""
-    from safetensors.torch import save_file
+    from lightning_fv.utils.checkpoint import save_tensors
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"d_in": sae.d_in, "d_hidden": sae.d_hidden, "k": sae.k, **(extra or {})}
-    save_file({k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()},
-              str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
-    return path
+    return save_tensors(sae.state_dict(), path,
+                        metadata={k: json.dumps(v) for k, v in meta.items()})
 
 
 def load_sae(path: str | Path) -> tuple[TopKSAE, dict[str, Any]]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from lightning_fv.models.normalize import Normalize
+from lightning_fv.utils.preprocess import Normalize
 
 
 class ConvBlock(nn.Module):

@@ -12,6 +12,7 @@ bit-for-bit those of a single-process run, however the sweep was sharded.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +24,18 @@ from lightning_fv.models import build_model
 from lightning_fv.optvis.hooks import expand_units, parse_unit
 from lightning_fv.optvis.objectives import units_objective
 from lightning_fv.optvis.render import render
+from lightning_fv.utils.checkpoint import save_tensors
+from lightning_fv.utils.console import StepProgress
+from lightning_fv.utils.device import model_device, model_dtype
+from lightning_fv.utils.files import apply_umask, output_folder
+from lightning_fv.utils.preprocess import Normalize, as_normalize, check_mean_std
+
+log = logging.getLogger(__name__)
+
+#: where a sweep goes when neither ``output_dir`` nor a logger says otherwise
+DEFAULT_ROOT = "outputs/feature_visualizer"
+#: smallest tile side (pixels) of the saved PNG grids, so captions and pictures are legible
+GRID_TILE_PX = 128
 
 
 class _Chunks(torch.utils.data.Dataset):
@@ -39,6 +52,64 @@ class _Chunks(torch.utils.data.Dataset):
         return torch.arange(k * self.size, min(self.n, (k + 1) * self.size))
 
 
+def warn_untrained_or_unnormalized(name: str, net: nn.Module, checkpoint_path: str | None,
+                                   mean: list[float] | None) -> list[str]:
+    """Log (and return) the warnings for a model built by name that silently renders
+    something else than the user means: random weights (no ``checkpoint_path`` for a
+    torchvision/timm/``small_cnn`` name; weights are never downloaded) and no input
+    normalization (no ``mean``/``std`` and no :class:`Normalize` inside the model)."""
+    msgs = []
+    if not name.startswith("bundled") and checkpoint_path is None:
+        msgs.append(f"model {name!r} has random weights (no checkpoint_path given): the "
+                    f"pictures show an untrained network; pass checkpoint_path (--checkpoint_path)")
+    if mean is None and not any(isinstance(m, Normalize) for m in net.modules()):
+        msgs.append(f"model {name!r} gets no input normalization (no mean/std given and it has "
+                    f"no Normalize module): images in [0, 1] go in as they are; pass the mean "
+                    f"and std of its weights (ImageNet: --mean '[0.485,0.456,0.406]' "
+                    f"--std '[0.229,0.224,0.225]')")
+    for m in msgs:
+        log.warning("warning: %s", m)
+    return msgs
+
+
+def check_image_size(net: nn.Module, image_size: int, normalize: object = None,
+                     max_size: int = 1024) -> None:
+    """Run one ``(1, 3, image_size, image_size)`` forward of ``net`` (no grad); if the model
+    cannot take that size, raise :class:`ValueError` naming it and the smallest size in
+    ``[1, max_size]`` that works (found by bisection)."""
+    if image_size < 1:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+    device, dtype = model_device(net), model_dtype(net)
+    norm = as_normalize(normalize, device)
+
+    def works(size: int) -> bool:
+        x = torch.rand(1, 3, size, size, device=device)
+        if norm is not None:
+            x = norm(x)
+        was = net.training
+        try:
+            net.eval()
+            with torch.no_grad():
+                net(x.to(dtype))
+            return True
+        except (RuntimeError, ValueError):
+            return False
+        finally:
+            net.train(was)
+
+    if works(image_size):
+        return
+    lo, hi = image_size, max_size
+    if not works(hi):
+        raise ValueError(f"image_size {image_size} is too small for this model, and so is "
+                         f"every size up to {max_size} px (check the model's input)")
+    while hi - lo > 1:  # lo fails, hi works
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if works(mid) else (mid, hi)
+    raise ValueError(f"image_size {image_size} is too small for this model (its forward fails "
+                     f"at {image_size}x{image_size} px); the smallest size that works is {hi}")
+
+
 class FeatureVisualizer(L.LightningModule):
     """Render a sweep of units with ``trainer.predict``; shards across devices under DDP.
 
@@ -46,11 +117,11 @@ class FeatureVisualizer(L.LightningModule):
         model: a model name for :func:`lightning_fv.models.build_model` (``"bundled"``, a
             torchvision/timm name) or an ``nn.Module``.
         units: Lucent-style unit names; ``"layer:*"`` expands to all channels and
-            ``"layer:0-9"`` to a range.
+            ``"layer:0-9"`` to a range (default ``["fc:*"]``; an empty list is an error).
         checkpoint_path: local weights for a named model (safetensors / weights_only).
         mean, std: input normalization applied before the model (``None`` when the model
             normalizes itself, like the bundled model). Never guessed.
-        image_size: side of the rendered images (pixels).
+        image_size: side of the rendered images (pixels); checked with one forward.
         thresholds: optimizer steps at which images are kept (the last is the result).
         transforms: ``"standard"`` (Lucent's) or ``"none"``.
         fft, decorrelate: image parameterization.
@@ -59,7 +130,13 @@ class FeatureVisualizer(L.LightningModule):
         batch_size: units rendered together per predict step.
         bf16: render under bf16 autocast (CUDA).
         channels_last, compile: GPU options passed to ``render``.
-        output_dir: where rank zero writes ``units.safetensors`` and PNG grids.
+        output_dir: where rank zero writes ``units.safetensors``, ``units.pt`` and one PNG
+            grid per layer. ``None``: the run's log folder (``trainer.log_dir``, beside the
+            ``config.yaml`` of ``lightning-fv predict``) when the trainer has a logger, else
+            a fresh ``outputs/feature_visualizer/version_N``. An existing non-empty folder
+            that already holds a sweep is refused unless ``overwrite``.
+        overwrite: allow writing into a folder that already holds a result.
+        progress: a progress bar over units × optimizer steps (with ETA) on rank zero.
     """
 
     def __init__(
@@ -81,15 +158,25 @@ class FeatureVisualizer(L.LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         output_dir: str | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         if transforms not in ("standard", "none"):
             raise ValueError(f"transforms must be 'standard' or 'none', got {transforms!r}")
-        if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither")
+        check_mean_std(mean, std)
+        if units is not None and len(units) == 0:
+            raise ValueError("units is empty ([]); name at least one unit, e.g. ['fc:*'] (all "
+                             "channels of fc), ['block3:0-15'] or ['fc:3'], or leave it unset "
+                             "for ['fc:*']")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.net = model if isinstance(model, nn.Module) else build_model(
             model, checkpoint_path=checkpoint_path)
         self.net.eval().requires_grad_(False)
+        if isinstance(model, str):
+            warn_untrained_or_unnormalized(model, self.net, checkpoint_path, mean)
+        check_image_size(self.net, image_size, None if mean is None else (mean, std))
         self.units = expand_units(list(units or ["fc:*"]), self.net, image_size)
         self.mean, self.std = mean, std
         self.image_size = image_size
@@ -100,8 +187,35 @@ class FeatureVisualizer(L.LightningModule):
         self.batch_size = batch_size
         self.bf16, self.channels_last, self.compile_model = bf16, channels_last, compile
         self.output_dir = output_dir
+        self.overwrite = overwrite
+        self.progress = progress
+        self.written: list[Path] = []
+        self._run_dir: Path | None = None
+        self._bar: StepProgress | None = None
         self._outputs: list[tuple[Tensor, Tensor, Tensor]] = []
         self.results: dict[str, object] = {}
+
+    def resolve_output_dir(self) -> Path:
+        """The folder this run writes to (chosen once per run; see ``output_dir``)."""
+        if self._run_dir is None:
+            trainer = self._trainer
+            if self.output_dir is not None:
+                out = Path(self.output_dir)
+                if (out / "units.safetensors").exists() and not self.overwrite:
+                    raise FileExistsError(
+                        f"output_dir {str(out)!r} already holds a sweep (units.safetensors); "
+                        f"pass a new folder, leave output_dir unset for a fresh version_N "
+                        f"folder, or pass overwrite=True (--model.overwrite true)")
+                self._run_dir = output_folder(out, DEFAULT_ROOT, overwrite=True)
+            elif trainer is not None and trainer.logger is not None and trainer.log_dir:
+                self._run_dir = output_folder(trainer.log_dir, DEFAULT_ROOT, overwrite=True)
+                if (self._run_dir / "units.safetensors").exists() and not self.overwrite:
+                    raise FileExistsError(
+                        f"the log folder {str(self._run_dir)!r} already holds a sweep; set "
+                        f"output_dir or overwrite=True")
+            else:
+                self._run_dir = output_folder(None, DEFAULT_ROOT)
+        return self._run_dir
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(_Chunks(len(self.units), self.batch_size), batch_size=None,
@@ -110,6 +224,7 @@ class FeatureVisualizer(L.LightningModule):
     def forward(self, idx: Tensor) -> dict[str, Tensor]:
         names = [self.units[int(i)] for i in idx]
         normalize = None if self.mean is None else (self.mean, self.std)
+        bar = self._bar
         with torch.inference_mode(False), torch.enable_grad():
             res = render(
                 self.net,
@@ -121,11 +236,12 @@ class FeatureVisualizer(L.LightningModule):
                 batch=len(names),
                 image_size=self.image_size,
                 normalize=normalize,
-                seeds=self.seed,
+                seed=self.seed,
                 autocast_dtype=torch.bfloat16 if self.bf16 else None,
                 channels_last=self.channels_last,
                 compile=self.compile_model,
                 unit_names=names,
+                progress=(lambda step, total: bar.update(len(names))) if bar else False,
             )
         return {"index": idx.detach().clone(), "images": res.final, "values": res.values[
             self.thresholds[-1]]}
@@ -137,8 +253,21 @@ class FeatureVisualizer(L.LightningModule):
 
     def on_predict_epoch_start(self) -> None:
         self._outputs = []
+        if self.trainer.is_global_zero and self.output_dir is not None:
+            self.resolve_output_dir()  # refuse an earlier result before rendering
+        if self.progress and self.trainer.is_global_zero:
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+            n_chunks = len(_Chunks(len(self.units), self.batch_size))
+            mine = sum(min(self.batch_size, len(self.units) - k * self.batch_size)
+                       for k in range(rank, n_chunks, world))
+            self._bar = StepProgress(mine * self.thresholds[-1],
+                                     desc=f"render {mine} unit(s) x {self.thresholds[-1]} steps",
+                                     unit="unit-step")
 
     def on_predict_epoch_end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         idx = torch.cat([o[0] for o in self._outputs]).to(self.device)
         imgs = torch.cat([o[1] for o in self._outputs]).to(self.device)
         vals = torch.cat([o[2] for o in self._outputs]).to(self.device)
@@ -159,17 +288,24 @@ class FeatureVisualizer(L.LightningModule):
         keep[1:] = idx[1:] != idx[:-1]
         self.results = {"units": [self.units[int(i)] for i in idx[keep]],
                         "images": imgs[keep], "values": vals[keep]}
-        if self.output_dir is not None and self.trainer.is_global_zero:
-            save_sweep(self.results, self.output_dir)
+        if self.trainer.is_global_zero:
+            out = self.resolve_output_dir()
+            self.written = save_sweep(self.results, out)
+            log.info("wrote %d unit(s) to %s/ (units.safetensors, units.pt, %s)",
+                     len(self.results["units"]), out,  # type: ignore[arg-type]
+                     ", ".join(p.name for p in self.written[2:]))
+
+    def on_predict_end(self) -> None:
+        self._run_dir = None  # a further predict call gets a folder of its own
 
 
-def save_sweep(results: dict[str, object], output_dir: str) -> list[Path]:
-    """Write ``units.safetensors`` (images ``(N, 3, H, W)``, values ``(N,)``, unit names in
-    the metadata), the same as ``units.pt`` (loads with ``weights_only=True``) and one PNG
-    grid per layer; returns the written paths."""
+def save_sweep(results: dict[str, object], output_dir: str | Path) -> list[Path]:
+    """Write ``units.safetensors`` (images ``(N, 3, H, W)`` in [0, 1], objective values
+    ``(N,)``, unit names in the metadata), the same as ``units.pt`` (loads with
+    ``weights_only=True``) and one PNG grid per layer (tiles in unit order, row-major, each
+    captioned with its unit and final objective value, enlarged to at least
+    :data:`GRID_TILE_PX` pixels); returns the written paths. Files get the user's umask."""
     import json
-
-    from safetensors.torch import save_file
 
     from lightning_fv.utils.images import save_grid
 
@@ -179,15 +315,18 @@ def save_sweep(results: dict[str, object], output_dir: str) -> list[Path]:
     images: Tensor = results["images"]  # type: ignore[assignment]
     values: Tensor = results["values"]  # type: ignore[assignment]
     paths = [out / "units.safetensors", out / "units.pt"]
-    save_file({"images": images.contiguous(), "values": values.contiguous()}, str(paths[0]),
-              metadata={"units": json.dumps(units)})
+    save_tensors({"images": images, "values": values}, paths[0],
+                 metadata={"units": json.dumps(units)})
     # the same tensors for torch.load(..., weights_only=True) users
     torch.save({"images": images, "values": values, "units": list(units)}, paths[1])
     by_layer: dict[str, list[int]] = {}
     for i, u in enumerate(units):
         by_layer.setdefault(parse_unit(u).layer, []).append(i)
     for layer, rows in by_layer.items():
-        paths.append(save_grid(images[rows], out / f"{layer.replace('.', '_')}.png"))
+        paths.append(save_grid(images[rows], out / f"{layer.replace('.', '_')}.png",
+                               labels=[units[i] for i in rows], values=values[rows],
+                               tile_size=GRID_TILE_PX))
+    apply_umask(*paths)
     return paths
 
 

@@ -33,6 +33,7 @@ from lightning_fv.diffusion.invariant import (
     make_objective,
     seeded_latents,
 )
+from lightning_fv.utils.preprocess import as_normalize, check_mean_std
 
 __all__ = ["DEFAULT_ALGORITHM", "InvariantSetSampler", "QueryDataset", "invariant_metrics",
            "save_invariant_sets", "summarize"]
@@ -135,8 +136,7 @@ class InvariantSetSampler(L.LightningModule):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; valid: {list(OBJECTIVES)}")
-        if (mean is None) != (std is None):
-            raise ValueError("give both mean and std, or neither")
+        given = check_mean_std(mean, std)
         if queries not in ("digits",):
             raise ValueError(f"queries must be 'digits' (or use your own dataloader), "
                              f"got {queries!r}")
@@ -144,14 +144,14 @@ class InvariantSetSampler(L.LightningModule):
             raise ValueError(f"samples_per_query and batch_size must be >= 1, got "
                              f"{samples_per_query}, {batch_size}")
         from lightning_fv.diffusion.pipeline import load_pipeline
-        from lightning_fv.models import Normalize, build_model
+        from lightning_fv.models import build_model
 
         self.pipeline = pipeline if isinstance(pipeline, nn.Module) else load_pipeline(pipeline)
         self.net = classifier if isinstance(classifier, nn.Module) else build_model(
             classifier, checkpoint_path=checkpoint_path)
         self.pipeline.eval().requires_grad_(False)
         self.net.eval().requires_grad_(False)
-        self.preprocess = None if mean is None else Normalize(mean, std)
+        self.preprocess = as_normalize(given)
         sae = None
         if objective == "sae":
             from lightning_fv.models.sae import load_sae
@@ -343,14 +343,13 @@ def save_invariant_sets(results: dict[str, Tensor], output_dir: str | Path,
     or not finite) and ``invariant_sets.png`` (one row per query: the query, then its
     samples; rows labelled with the query's index, class and how many samples reached τ,
     columns ``query`` / ``sample j`` with the sample's final loss and the steps it took)."""
-    from safetensors.torch import save_file
-
+    from lightning_fv.utils.checkpoint import save_tensors
     from lightning_fv.utils.images import save_grid
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "invariant_sets.safetensors", out / "metrics.json"]
-    save_file({k: v.contiguous() for k, v in results.items()}, str(paths[0]))
+    save_tensors(results, paths[0])
     summary: dict[str, Any] = dict(summarize(results))
     summary["sweep"] = {f"{c:g}": float(v) for c, v in
                         zip(cutoffs, results["sweep"].float().transpose(0, 1).flatten(1).mean(1))}

@@ -18,19 +18,13 @@ import torchmetrics
 from torch import Tensor, nn
 
 from lightning_fv.adversarial import PGDConfig, pgd, preset
-from lightning_fv.models import Normalize, build_model, preprocessing_from
-
-
-class NormalizedModel(nn.Module):
-    """``backbone(normalize(x))`` for ``(B, 3, H, W)`` images in [0, 1] RGB."""
-
-    def __init__(self, backbone: nn.Module, normalize: nn.Module | None = None) -> None:
-        super().__init__()
-        self.normalize = normalize if normalize is not None else nn.Identity()
-        self.backbone = backbone
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.backbone(self.normalize(x))
+from lightning_fv.models import build_model
+from lightning_fv.utils.preprocess import (
+    Normalize,
+    NormalizedModel,
+    check_mean_std,
+    preprocessing_from,
+)
 
 
 def _has_own_normalization(model: nn.Module) -> bool:
@@ -131,10 +125,9 @@ class RobustClassifier(L.LightningModule):
         else:
             raise TypeError(f"model must be an nn.Module or a model name, got "
                             f"{type(model).__name__}")
-        if (mean is None) != (std is None):
-            raise ValueError("give both mean and std for the input normalization, or neither")
-        if mean is not None:
-            return backbone, Normalize(mean, std)  # type: ignore[arg-type]
+        given = check_mean_std(mean, std)
+        if given is not None:
+            return backbone, Normalize(*given)
         if _has_own_normalization(backbone):
             return backbone, None
         try:

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_fv.report.audit import AuditResult
-
-_VERSION = re.compile(r"^version_(\d+)$")
+from lightning_fv.utils.files import next_version_dir
 
 
 @dataclass(frozen=True)
@@ -34,22 +33,6 @@ class ReportPaths:
     html: Path
     markdown: Path
     json: Path
-
-
-def next_version_dir(root: str | Path) -> Path:
-    """Create and return ``root/version_N`` with ``N`` = 1 + the largest existing index
-    (0 when there is none). Creation is exclusive, so two writers never share a folder."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    taken = [int(m.group(1)) for p in root.iterdir() if (m := _VERSION.match(p.name))]
-    n = max(taken, default=-1) + 1
-    while True:
-        path = root / f"version_{n}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
 
 
 def format_number(value: float | None) -> str:

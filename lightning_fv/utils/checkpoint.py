@@ -44,6 +44,7 @@ __all__ = [
     "detect_format",
     "load_state_dict",
     "read_checkpoint",
+    "save_tensors",
     "strip_prefixes",
 ]
 
@@ -279,3 +280,20 @@ def checkpoint_metadata(path: str | Path) -> dict[str, str]:
             f"cannot read checkpoint {_describe(path)}: detected format safetensors, but its "
             f"header is unreadable ({_short(err)}); the file is probably truncated or "
             f"corrupted. Expected a complete .safetensors file") from None
+
+
+def save_tensors(tensors: dict[str, Tensor], path: str | Path,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` (detached, contiguous, on the CPU) as ``.safetensors`` with string
+    ``metadata``, creating the folder; the file gets the user's umask (safetensors alone
+    creates it ``0600``). The writing counterpart of :func:`read_checkpoint`."""
+    from safetensors.torch import save_file
+
+    from lightning_fv.utils.files import apply_umask
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path),
+              metadata=metadata)
+    apply_umask(path)
+    return path

@@ -235,3 +235,13 @@ def test_invert_scheduled_is_invert_in_chunks() -> None:
     r_t = representation(model, target).detach()
     rel = float(((representation(model, three) - r_t).norm(dim=1) / r_t.norm(dim=1)).mean())
     assert trace3[-1] == pytest.approx(rel, rel=1e-6)
+
+
+def test_run_ifv_reports_progress_in_optimizer_steps(net: Net) -> None:
+    from lightning_fv.ifv import run_ifv
+
+    calls: list[tuple[int, int]] = []
+    run_ifv(net, "conv", 2, steps=3, lbfgs_steps=2, reopt_steps=4, image_size=8,
+            aggregation="mean", progress=lambda d, t: calls.append((d, t)))
+    # Adam 1..3, L-BFGS done at 5, re-optimization 6..9 of 9
+    assert calls == [(1, 9), (2, 9), (3, 9), (5, 9), (6, 9), (7, 9), (8, 9), (9, 9)]

@@ -1,0 +1,229 @@
+"""Every command line of README.md and docs/*.md runs as written.
+
+The lines are collected from the markdown itself (:mod:`_extract`); :data:`COVERAGE` says
+how each one is run: as written with arguments appended only to shrink it (the same
+command at a reduced size, in a scratch working directory with ``examples/`` and
+``scripts/`` linked in), as written under the ``slow`` marker (``make test-docs``), or not
+at all with the reason (a GPU cluster or a data set that is not on this machine; the bare
+name of a command in prose; ``make test`` itself). A documented line missing from
+:data:`COVERAGE` fails :func:`test_every_documented_command_is_covered`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _extract import ROOT, documented_commands
+
+FV = "lightning-fv predict --model lightning_fv.modules.FeatureVisualizer"
+CPU = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+TINY_RENDER = ["--steps", "2", "--image_size", "32", "--device", "cpu", "--progress", "false"]
+TINY_ROBUST = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+               "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+               "--data.init_args.n_train_per_class", "4", "--data.init_args.n_val_per_class",
+               "2", "--model.init_args.steps", "1", "--model.init_args.test_restarts", "1",
+               *CPU]
+
+SLOW = "slow"  # run exactly as written by `make test-docs`
+#: a command → extra arguments that only shrink it (run in `make test`), SLOW, or a reason
+#: it is not run here (a string starting with "not run:").
+COVERAGE: dict[str, list[str] | str] = {
+    # README
+    "make demo": ["--steps", "2", "--units", "fc:0-1", "--image-size", "32", "--epochs", "1",
+                  "--progress", "false", "--trainer.limit_train_batches", "1",
+                  "--trainer.limit_val_batches", "1"],
+    "make test": "not run: the test suite itself",
+    "lightning-fv render --model bundled --units '[block3:*]' --steps 256":
+        [*TINY_RENDER, "--units", "[block3:0-1]"],
+    "lightning-fv fit --config examples/configs/demo.yaml": SLOW,
+    "lightning-fv fit --config examples/configs/robust_photo_patches.yaml": TINY_ROBUST,
+    f"{FV} --model.units '[fc:*]'": ["--model.thresholds", "[2]", "--model.image_size", "32",
+                                     "--model.progress", "false", *CPU],
+    "lightning-fv render --model bundled --units '[fc:*, block3:0-15]' --steps 256":
+        TINY_RENDER,
+    "lightning-fv sample --labels '[0,1,2]' --cfg_scale 4": SLOW,
+    "lightning-fv invariant --classes '[0,2,4]'": SLOW,
+    "lightning-fv ifv --layer block2.bn --n_targets 16":
+        ["--n_targets", "2", "--steps", "2", "--lbfgs_steps", "1", "--reopt_steps", "1",
+         "--image_size", "16", "--device", "cpu", "--progress", "false"],
+    "lightning-fv train-detector --config examples/configs/manipulate_train_detector.yaml":
+        SLOW,
+    "lightning-fv manipulate --config examples/configs/manipulate_silent.yaml": SLOW,
+    "lightning-fv render-comparison --manipulated_path outputs/manipulation/silent.safetensors":
+        SLOW,
+    "make miniature-sanity": SLOW,
+    "make miniature-manipulation": SLOW,
+    "make miniature-ifv": SLOW,
+    "make miniature-robust": SLOW,
+    "make miniature-invariant": SLOW,
+    "make miniatures": "not run: the five miniature-* targets above, each run on its own",
+    "python scripts/train_bundled.py --dataset photo_patches": SLOW,
+    "python scripts/train_bundled.py --dataset digits": SLOW,
+    "make clean": [],
+    "make clean-outputs": [],
+    "make test-slow": "not run: the slow test suite itself (it runs this file's slow cases)",
+    "make test-gpu": "not run: needs a CUDA device",
+    "make lint": SLOW,
+    # docs/diffusion.md
+    "lightning-fv fit --config examples/configs/diffusion_digits.yaml": SLOW,
+    "lightning-fv fit --config examples/configs/diffusion_vavae_imagenet.yaml":
+        "not run: GPU template that needs ImageNet latents",
+    "lightning-fv sample --checkpoint bundled --per_label 8 --cfg_scale 2.0 "
+    "--output_dir outputs/sample": SLOW,
+    "lightning-fv sample": SLOW,
+    # docs/engine.md
+    f"{FV} --model.model resnet50 --model.checkpoint_path weights.safetensors "
+    "--model.mean '[0.485,0.456,0.406]' --model.std '[0.229,0.224,0.225]' "
+    "--model.units '[layer4:*]' --model.image_size 224 --model.bf16 true "
+    "--model.output_dir outputs/layer4 --trainer.accelerator gpu --trainer.devices 8 "
+    "--trainer.strategy ddp": "not run: an 8-GPU DDP template with the user's weights "
+                              "(the 2-process CPU sweep is tests/modules)",
+    "lightning-fv render --model resnet50 --checkpoint_path r50.safetensors "
+    "--mean '[0.485,0.456,0.406]' --std '[0.229,0.224,0.225]' --image_size 224 "
+    "--units '[layer4.1.conv2:0-63]' --bf16 true":
+        "not run: needs the user's r50.safetensors (bf16 render: tests/gpu)",
+    "lightning-fv render": TINY_RENDER,
+    # docs/ifv.md
+    "lightning-fv fit --config examples/configs/ifv_fit.yaml": SLOW,
+    "lightning-fv ifv": ["--n_targets", "2", "--steps", "2", "--lbfgs_steps", "1",
+                         "--reopt_steps", "1", "--image_size", "16", "--device", "cpu",
+                         "--progress", "false"],
+    "python scripts/ifv_miniature.py": SLOW,
+    "python scripts/ifv_miniature.py --runs A": SLOW,
+    # docs/invariant.md
+    "lightning-fv predict --config examples/configs/invariant_digits.yaml": SLOW,
+    "lightning-fv fit --config examples/configs/invariant_callback.yaml": SLOW,
+    "lightning-fv invariant": SLOW,
+    'lightning-fv invariant --classes "[0,3,8]" --samples_per_query 4 --budget 128': SLOW,
+    # docs/manipulation.md
+    "python scripts/manipulation_miniature.py": SLOW,
+    "lightning-fv fit --config examples/configs/detector_photo_patches.yaml": SLOW,
+    # docs/robust.md
+    "lightning-fv test --config examples/configs/robust_photo_patches.yaml "
+    "--ckpt_path outputs/robust_photo_patches/checkpoints/last.ckpt": TINY_ROBUST,
+    "lightning-fv fit --config examples/configs/robust_resnet50_linf.yaml "
+    "--data.init_args.root /data/imagenet": "not run: needs ImageNet at /data/imagenet",
+    "python scripts/train_robust.py [--dataset digits|photos]":
+        "not run: a synopsis of the two lines run as make miniature-robust and below",
+    "python scripts/train_robust.py --dataset photos": SLOW,
+    "python benchmarks/bench_pgd.py --device cpu --small": SLOW,
+    "python benchmarks/bench_pgd.py [--bf16] [--channels-last]":
+        "not run: a synopsis of the GPU benchmark (benchmarks/gpu)",
+    # docs/audit.md
+    "lightning-fv audit --config examples/configs/audit_photo_patches.yaml": SLOW,
+    # docs/testing.md
+    "make mutation": SLOW,
+    "python scripts/mutation.py [module …]": "not run: a synopsis of make mutation",
+    # docs/sanity_check.md
+    "lightning-fv fit --config examples/configs/imagefolder_resnet.yaml":
+        "not run: a template whose root/classes the user adapts to their image folder",
+    "lightning-fv fit|validate|test": "not run: prose naming the LightningCLI subcommands",
+    "python scripts/sanity_check_miniature.py --per-class 3 --steps 128 --n-val 30": SLOW,
+}
+
+#: commands that need an earlier one's output, in the order they run
+ORDER = [
+    "lightning-fv fit --config examples/configs/robust_photo_patches.yaml",
+    "lightning-fv test --config examples/configs/robust_photo_patches.yaml "
+    "--ckpt_path outputs/robust_photo_patches/checkpoints/last.ckpt",
+    "lightning-fv train-detector --config examples/configs/manipulate_train_detector.yaml",
+    "lightning-fv manipulate --config examples/configs/manipulate_silent.yaml",
+    "lightning-fv render-comparison --manipulated_path outputs/manipulation/silent.safetensors",
+]
+
+
+def _argv(command: str, extra: list[str]) -> list[str]:
+    """The process to start for a documented line, plus ``extra`` shrinking arguments."""
+    words = shlex.split(command)
+    if words[0] == "lightning-fv":
+        return [sys.executable, "-m", "lightning_fv.cli", *words[1:], *extra]
+    if words[0] == "python":
+        return [sys.executable, *words[1:], *extra]
+    if words[0] == "make" and extra and words[1:] == ["demo"]:
+        # `make demo` is `$(PY) -m lightning_fv.demo` after the install (Makefile)
+        return [sys.executable, "-m", "lightning_fv.demo", *extra]
+    return [*words, f"PY={sys.executable}", f"STAMP={ROOT / '.venv' / '.installed'}",
+            *extra]
+
+
+def _workdir(tmp: Path) -> Path:
+    for name in ("examples", "scripts", "benchmarks"):
+        (tmp / name).symlink_to(ROOT / name)
+    return tmp
+
+
+def _run(command: str, extra: list[str], cwd: Path, timeout: float) -> str:
+    words = shlex.split(command)
+    if words[0] == "make" and words[1] in ("clean", "clean-outputs"):
+        return _run_clean(words[1], cwd)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    if words[0] == "make" and not extra:
+        cwd = ROOT  # targets run as written name repository paths (miniatures, lint)
+    proc = subprocess.run(_argv(command, extra), cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, (f"{command!r} failed:\n{proc.stdout[-3000:]}\n"
+                                  f"{proc.stderr[-3000:]}")
+    return proc.stdout + proc.stderr
+
+
+def _run_clean(target: str, cwd: Path) -> str:
+    """`make clean` / `make clean-outputs` on a copy of the Makefile in a scratch folder."""
+    (cwd / "Makefile").write_text((ROOT / "Makefile").read_text())
+    keep = cwd / "outputs" / "manipulation" / "detector.safetensors"
+    scratch = cwd / "outputs" / "cache" / "trajectories" / "x.pt"
+    for p in (keep, scratch):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    proc = subprocess.run(["make", "-s", target], cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not scratch.exists()
+    assert keep.exists() == (target == "clean")
+    return proc.stdout
+
+
+def test_every_documented_command_is_covered() -> None:
+    found = documented_commands()
+    missing = {c: d for c, d in found.items() if c not in COVERAGE}
+    assert not missing, (f"documented commands with no entry in COVERAGE: {missing}; run "
+                         f"each at a reduced size, mark it slow, or give the reason")
+    stale = sorted(set(COVERAGE) - set(found))
+    assert not stale, f"COVERAGE names commands no document shows any more: {stale}"
+
+
+def _cases(fast: bool) -> list:
+    cases = [c for c, how in COVERAGE.items() if (isinstance(how, list)) == fast
+             and not (isinstance(how, str) and how.startswith("not run:"))]
+    last = ("make clean", "make clean-outputs")  # they delete what the others wrote
+    return sorted(cases, key=lambda c: (c in last, ORDER.index(c) if c in ORDER else -1))
+
+
+def test_documented_commands_run_at_a_reduced_size(tmp_path) -> None:
+    """All the cheap lines, in one scratch folder (later lines read earlier outputs)."""
+    cwd = _workdir(tmp_path)
+    for command in _cases(fast=True):
+        if command == "make clean":  # what the documented lines promised, before clean-up
+            renders = {p.name for p in (cwd / "outputs" / "render").iterdir()}
+            assert renders == {"version_0", "version_1", "version_2"}  # one folder per run
+            assert (cwd / "outputs" / "demo" / "render" / "version_0" / "fc.png").is_file()
+            ckpt = cwd / "outputs" / "robust_photo_patches" / "checkpoints" / "last.ckpt"
+            assert ckpt.is_file()
+            assert not (cwd / "config.yaml").exists()
+        out = _run(command, COVERAGE[command], cwd, timeout=600)  # type: ignore[arg-type]
+        if command.startswith("lightning-fv render"):
+            assert "wrote " in out and "units.safetensors" in out
+    assert not (cwd / "outputs").exists()  # make clean-outputs ran last
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", _cases(fast=False))
+def test_documented_command_as_written(command: str, tmp_path_factory) -> None:
+    cwd = tmp_path_factory.getbasetemp() / "docs_as_written"
+    if not cwd.exists():
+        cwd.mkdir()
+        _workdir(cwd)
+    _run(command, [], cwd, timeout=3 * 3600)
