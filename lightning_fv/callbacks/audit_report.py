@@ -12,6 +12,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_fv.callbacks._logging import _kind, isolated, log_image, log_scalars, select_module
+from lightning_fv.callbacks._scheduled import ScheduledCallback
 from lightning_fv.report import SECTIONS, AuditResult, ReportPaths, audit, write_report
 
 #: headline numbers logged as scalars: (section, key in its numbers)
@@ -22,9 +23,11 @@ FIGURES = (("sanity", "figure"), ("sanity", "ood/figure"), ("detector", "figure"
            ("path_linearity", "bars"), ("path_linearity", "agpa"))
 
 
-class AuditReportCallback(L.Callback):
+class AuditReportCallback(ScheduledCallback):
     """Write the audit report (:func:`lightning_fv.report.audit` +
-    :func:`~lightning_fv.report.write_report`) of the trained network and log it.
+    :func:`~lightning_fv.report.write_report`) of the trained network and log it. The
+    schedule and state key are :class:`ScheduledCallback`'s; the report is one piece of
+    work, so :meth:`run` is overridden whole.
 
     Natural images are the first ``max_images`` of the validation data (the datamodule's
     ``val_dataloader`` or the trainer's validation loader). Rank zero does the work; other
@@ -83,28 +86,16 @@ class AuditReportCallback(L.Callback):
             pgd_norm=pgd_norm, pgd_steps=pgd_steps, robust_images=robust_images,
             sections=list(sections or SECTIONS))
         self.reports: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
         self.last_result: AuditResult | None = None
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(log_prefix=self.log_prefix)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the reports went survives a resume."""
-        return {"reports": list(self.reports)}
+        return {**super().state_dict(), "reports": list(self.reports)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
         self.reports = list(state_dict.get("reports", []))
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.every_n_epochs == 0:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self.run(trainer, pl_module, tag="epoch")
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.at_fit_end:
-            self.run(trainer, pl_module, tag="fit_end")
 
     def _data(self, trainer: L.Trainer) -> Any:
         dm = getattr(trainer, "datamodule", None)
