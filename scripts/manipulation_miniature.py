@@ -184,7 +184,7 @@ def main() -> None:
         photos = load_photos(size)
         targets = torch.stack([p[:, :size, :size] for p in photos[:4]])  # (4, 3, size, size)
         emb_units = [0, 1, 2, 3]
-        embedded = embed_images(model, "block4", det, targets, units=emb_units, k=1e4)
+        embedded = embed_images(model, "block4", det, targets, channels=emb_units, k=1e4)
         acc2 = accuracy(embedded, xv, yv)
         names = [f"block4:{u}" for u in emb_units]
         emb_before = render_units(model, names, **render_kw).final

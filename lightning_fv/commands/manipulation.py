@@ -119,7 +119,7 @@ def manipulate(
     layer: str = "fc",
     detector_path: str | None = None,
     shift: int = 1,
-    units: list[int] | None = None,
+    channels: list[int] | None = None,
     images: list[str] | None = None,
     k: float = 1e4,
     mode: str = "relu",
@@ -145,7 +145,8 @@ def manipulate(
         layer: the manipulated layer (a ConvBlock / conv name for ``silent``).
         detector_path: trained detector (``permute``/``embed``), see :func:`train_detector`.
         shift: visualization of unit ``c`` becomes that of ``c + shift`` (``permute``).
-        units: units to manipulate (default all / ``0..len(images)-1``).
+        channels: channel indices of ``layer`` to manipulate (default all /
+            ``0..len(images)-1``).
         images: ``photo:NAME`` or image files to embed (``embed``).
         k, mode: fooling-circuit constant and sign handling (``relu``/``split``/``offset``).
         natural, n_natural_per_class, image_size: natural images that set the silent bias.
@@ -180,11 +181,11 @@ def manipulate(
 
         det = load_detector(detector_path)
         if method == "permute":
-            new = permute_layer(net, layer, det, shift=shift, units=units, k=k, mode=mode)
+            new = permute_layer(net, layer, det, shift=shift, channels=channels, k=k, mode=mode)
         else:
             if not images:
                 raise ValueError("method 'embed' needs images (photo:NAME or file paths)")
-            new = embed_images(net, layer, det, _load_images(images, image_size), units=units,
+            new = embed_images(net, layer, det, _load_images(images, image_size), channels=channels,
                                k=k, mode=mode)
     elif method == "silent":
         xn, _ = EMBEDDED[natural]("train", n_natural_per_class, image_size) \
@@ -205,7 +206,7 @@ def manipulate(
         else:
             raise ValueError(f"unknown pattern {pattern!r}; valid: visualization, filter, random")
         new = silence_block(net, layer, xn, pattern=pat, alpha=alpha, beta=beta, bias=bias,
-                            percentile=percentile, units=units)
+                            percentile=percentile, units=channels)
     else:
         raise ValueError(f"unknown method {method!r}; valid: permute, embed, silent")
     path = save_manipulated(new, output, base=model)

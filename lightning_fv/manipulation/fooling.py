@@ -391,29 +391,30 @@ def shifted_permutation(n: int, shift: int = 1) -> list[int]:
 
 def permute_layer(model: nn.Module, layer: str, detector: DetectorCNN,
                   permutation: Sequence[int] | None = None, shift: int = 1,
-                  units: Sequence[int] | None = None, k: float = 1e4, mode: str = "relu",
+                  channels: Sequence[int] | None = None, k: float = 1e4, mode: str = "relu",
                   **kwargs: object) -> nn.Module:
-    """Permute the visualizations of a whole layer (Fig. 2): unit ``c`` visualizes like
-    unit ``permutation[c]`` (default: shifted by ``shift``) and answers like itself on
-    natural input. ``units`` restricts the manipulation to some units."""
+    """Permute the visualizations of a whole layer (Fig. 2): channel ``c`` visualizes like
+    channel ``permutation[c]`` (default: shifted by ``shift``) and answers like itself on
+    natural input. ``channels`` (indices into the layer's channels) restricts the
+    manipulation to some of them."""
     n = _probe_channels(model, layer, get_layer(model, layer))
     perm = list(permutation) if permutation is not None else shifted_permutation(n, shift)
     if sorted(perm) != list(range(n)):
         raise ValueError(f"permutation must be a permutation of 0..{n - 1}, got {perm}")
-    chosen = range(n) if units is None else units
+    chosen = range(n) if channels is None else channels
     return install_fooling_circuit(model, layer, detector, {c: perm[c] for c in chosen},
                                    k=k, mode=mode, **kwargs)  # type: ignore[arg-type]
 
 
 def embed_images(model: nn.Module, layer: str, detector: DetectorCNN, images: Tensor,
-                 units: Sequence[int] | None = None, k: float = 1e4, mode: str = "relu",
+                 channels: Sequence[int] | None = None, k: float = 1e4, mode: str = "relu",
                  **kwargs: object) -> nn.Module:
-    """Give units ``units`` (default ``0..N-1``) of ``layer`` the embedded images
+    """Give the channels ``channels`` (default ``0..N-1``) of ``layer`` the embedded images
     ``images`` ``(N, 3, h, w)`` as visualizations (App. C.2; Fig. 1)."""
-    units = list(range(images.shape[0])) if units is None else list(units)
-    if len(units) != images.shape[0]:
-        raise ValueError(f"{images.shape[0]} images for {len(units)} units")
-    return install_fooling_circuit(model, layer, detector, dict(zip(units, images)),
+    channels = list(range(images.shape[0])) if channels is None else list(channels)
+    if len(channels) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images for {len(channels)} channels")
+    return install_fooling_circuit(model, layer, detector, dict(zip(channels, images)),
                                    k=k, mode=mode, **kwargs)  # type: ignore[arg-type]
 
 

@@ -78,16 +78,28 @@ def test_perfect_gate_gives_F_bit_for_bit_on_natural_and_D_on_visualizations(
     assert torch.equal(a3["block2"], a2["block2.layer"][:, perm])
 
 
+class _BrightnessDetector(DetectorCNN):
+    """Logit ``mean(x) − 0.5`` per image: bright images are "natural", dark ones are not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((1, 2, 3)) - 0.5
+
+
 def test_detector_gate_routes_each_sample(net: SmallCNN, images: torch.Tensor) -> None:
-    nat = permute_layer(net, "block2", _const_detector(5.0), shift=1)
-    vis = permute_layer(net, "block2", _const_detector(-5.0), shift=1)
+    bright = torch.tensor([1, 0, 0, 1, 1, 0, 1, 0, 1, 1, 0, 0], dtype=torch.bool)
+    x = torch.where(bright.view(-1, 1, 1, 1), 0.4 + 0.6 * images, 0.6 * images)
+    assert torch.equal(x.mean((1, 2, 3)) > 0.5, bright)  # the gate sees each sample apart
+    perm = [(c + 1) % 6 for c in range(6)]
+    fooled = permute_layer(net, "block2", _BrightnessDetector(16), shift=1)
     with torch.no_grad(), capture(net, ["block2"]) as a0:
-        net(images)
-    with torch.no_grad(), capture(nat, ["block2"]) as a1, capture(vis, ["block2"]) as a2:
-        nat(images)
-        vis(images)
-    assert torch.equal(a1["block2"], a0["block2"])
-    assert torch.equal(a2["block2"], a0["block2"][:, [(c + 1) % 6 for c in range(6)]])
+        net(x)
+    with torch.no_grad(), capture(fooled, ["block2"]) as a1:
+        fooled(x)
+    assert torch.equal(fooled.fooling_gate.z, bright.float())
+    # natural samples keep unit F, visualization samples get unit D, sample by sample
+    assert torch.equal(a1["block2"][bright], a0["block2"][bright])
+    assert torch.equal(a1["block2"][~bright], a0["block2"][~bright][:, perm])
+    assert not torch.equal(a0["block2"][~bright], a0["block2"][~bright][:, perm])
     assert len(net._forward_pre_hooks) == 0  # the original is untouched
 
 
@@ -124,7 +136,7 @@ def test_k_too_small_is_reported_and_strict_mode_raises(net: SmallCNN,
 def test_embedded_image_unit_is_the_image_filter_response(net: SmallCNN,
                                                           images: torch.Tensor) -> None:
     target = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(3))
-    fooled = embed_images(net, "block3", _const_detector(-5.0), target[None], units=[2])
+    fooled = embed_images(net, "block3", _const_detector(-5.0), target[None], channels=[2])
     with torch.no_grad(), capture(fooled, ["block3"]) as acts:
         fooled(images)
     small = torch.nn.functional.interpolate(images, size=(8, 8), mode="bilinear",
