@@ -99,7 +99,8 @@ COVERAGE: dict[str, list[str] | str] = {
     "lightning-fv predict --config examples/configs/invariant_digits.yaml": SLOW,
     "lightning-fv fit --config examples/configs/invariant_callback.yaml": SLOW,
     "lightning-fv invariant": SLOW,
-    'lightning-fv invariant --classes "[0,3,8]" --samples_per_query 4 --budget 128': SLOW,
+    'lightning-fv invariant --classes "[0,3,8]" --samples_per_query 4 --algorithm.budget 128':
+        SLOW,
     # docs/manipulation.md
     "python scripts/manipulation_miniature.py": SLOW,
     "lightning-fv fit --config examples/configs/detector_photo_patches.yaml": SLOW,
