@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_fv.optvis.hooks import INPUT_KEY, Unit, parse_unit, record
+from lightning_fv.optvis.hooks import INPUT_KEY, Activations, Unit, parse_unit, record
+from lightning_fv.optvis.layout import Layout
 from lightning_fv.optvis.objectives import units_objective
 
 
@@ -189,16 +190,22 @@ def path_linearity(model: nn.Module, unit: str | Unit, start_images: Tensor, ste
 @torch.no_grad()
 def unit_activations(model: nn.Module, unit: str | Unit, images: Tensor | Iterable,
                      batch_size: int = 64) -> tuple[Tensor, Tensor]:
-    """Activation of ``unit`` (spatial mean for a channel, as the render objective) for
-    every image. ``images`` is a ``(N, 3, H, W)`` tensor or an iterable of batches
+    """Activation of ``unit`` (the mean over spatial positions or patch tokens for a
+    channel, prefix tokens excluded: the render objective's one definition, in the layer's
+    layout) for every image. ``images`` is a ``(N, 3, H, W)`` tensor or an iterable of batches
     (a DataLoader yielding ``x`` or ``(x, y, …)``).
 
     Returns ``(values (N,), images (N, 3, H, W) on the CPU)``.
     """
     u = parse_unit(unit)
+
+    def value(a: Tensor, layout: Layout) -> Tensor:
+        acts = Activations({u.layer: a})
+        acts.layouts[u.layer] = layout  # the layout recorded with the model, not guessed
+        return units_objective([u] * a.shape[0])(acts).float()
+
     acts = record(model, [u.layer], images, batch_size=batch_size, to_cpu=True,
-                  keep_inputs=True,
-                  reduce=lambda a: units_objective([u] * a.shape[0])({u.layer: a}).float())
+                  keep_inputs=True, reduce=value)
     return acts[u.layer], acts[INPUT_KEY]
 
 

@@ -127,6 +127,13 @@ def layer_activations(model: nn.Module, images: Tensor, layers: Sequence[str],
                       ) -> dict[str, Tensor]:
     """Flattened activations ``{layer: (N, D) float32}`` of ``images`` ``(N, 3, H, W)``.
 
+    Every entry of the recorded output, in its recorded order, whatever its layout: a
+    token layer ``(N, T, C)`` gives ``D = T·C`` with its prefix tokens (CLS, registers)
+    included, a channels-last map ``D = H·W·C``. The similarities computed from these
+    rows do not depend on the order of the entries, so conv maps, tokens and
+    channels-last maps need no conversion; only the prefix tokens add to what a conv
+    map would hold.
+
     The model runs in eval mode (its mode, ``requires_grad`` flags and grads are restored,
     hooks removed). Activations stay on the model's device. With ``with_output`` the
     model output is included under the key ``"__output__"``.

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_fv.optvis.hooks import capture, patched_forwards, preserved_state
+from lightning_fv.optvis.layout import features as layer_features
 from lightning_fv.optvis.objectives import OUTPUT, aggregate, check_maxpool_size
 from lightning_fv.optvis.param import ImageParam
 
@@ -194,6 +195,10 @@ def response_function(
         model: the network ``N`` (called on ``(B, 3, H, W)`` images).
         layer: the module whose output is aggregated, or
             :data:`lightning_fv.optvis.objectives.OUTPUT` for the model output (logits).
+            Its output is read channels-first in its layout
+            (:func:`lightning_fv.optvis.layout.channels_first`: token features on the patch
+            grid, prefix tokens excluded; channels-last maps permuted), so ``n_f`` is the
+            number of feature channels in every layout.
         parameterization: ``P``: an :class:`ImageParam` (``v`` is its raw tensor), any
             differentiable callable ``v ↦ images``, or ``None`` (``v`` are the pixels).
         aggregation: ``Agg`` of §2.3 (see :func:`lightning_fv.optvis.objectives.aggregate`).
@@ -238,10 +243,10 @@ def response_function(
         if pinned is not None:
             with torch.no_grad(), pinned.record(), capture(model, layers) as acts32:
                 out32 = model(x.detach())
-                act32 = out32 if layer == OUTPUT else acts32[layer]
+                act32 = out32 if layer == OUTPUT else layer_features(acts32, layer)
             with pinned.replay(), bn_ctx(), capture(net, layers) as acts:
                 out = net(x.to(compute_dtype))
-                act = out if layer == OUTPUT else acts[layer]
+                act = out if layer == OUTPUT else layer_features(acts, layer)
             y_low = _pinned_aggregate(act, act32.float(), aggregation)
             # the value is the float32 response, the derivative that of the pinned copy
             y = y_low + (aggregate(act32.float(), aggregation) - y_low).detach()
@@ -252,7 +257,7 @@ def response_function(
             x = x.to(compute_dtype)
         with bn_ctx(), capture(net, layers) as acts:
             out = net(x)
-            act = out if layer == OUTPUT else acts[layer]
+            act = out if layer == OUTPUT else layer_features(acts, layer)
         y = aggregate(act.float() if compute_dtype is not None else act, aggregation)
         if features is not None:
             y = y[:, features.to(y.device)]

@@ -1,4 +1,4 @@
-"""Models: the bundled small CNN, explicit normalization and building by name."""
+"""Models: the bundled small CNN and tiny ViT, explicit normalization and building by name."""
 
 from lightning_fv.models.registry import (
     ModelEntry,
@@ -13,6 +13,7 @@ from lightning_fv.models.registry import (
     strip_prefix,
 )
 from lightning_fv.models.small_cnn import ConvBlock, SmallCNN
+from lightning_fv.models.vit import TinyViT
 from lightning_fv.utils.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -27,6 +28,7 @@ __all__ = [
     "ModelEntry",
     "Normalize",
     "SmallCNN",
+    "TinyViT",
     "build_model",
     "bundled_metadata",
     "bundled_model",

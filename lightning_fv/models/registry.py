@@ -249,9 +249,10 @@ def _detector(image_size: int = 224, in_channels: int = 3) -> nn.Module:
 
 def _sae_config(ck: Checkpoint) -> dict[str, Any]:
     meta = {k: json.loads(v) for k, v in ck.metadata.items()}
-    if not {"d_in", "d_hidden", "k"} <= set(meta):
-        raise ValueError(f"{str(ck.path)!r} lacks d_in/d_hidden/k metadata; "
-                         f"found {sorted(meta)}")
+    missing = {"d_in", "d_hidden", "k"} - set(meta)
+    if missing:
+        raise ValueError(f"{str(ck.path)!r} lacks {sorted(missing)} metadata (an SAE file "
+                         f"written by save_sae has d_in/d_hidden/k); found {sorted(meta)}")
     return {"d_in": int(meta["d_in"]), "d_hidden": int(meta["d_hidden"]), "k": int(meta["k"])}
 
 

@@ -153,12 +153,17 @@ def save_sae(sae: TopKSAE, path: str | Path, extra: dict[str, Any] | None = None
 
 def load_sae(path: str | Path) -> tuple[TopKSAE, dict[str, Any]]:
     """Load a file written by :func:`save_sae`: ``(sae in eval mode, metadata)``, through
-    the model registry and the one checkpoint reader."""
-    from lightning_fv.models.registry import build_model
-    from lightning_fv.utils.checkpoint import checkpoint_metadata
+    the one checkpoint reader (``build_model("sae", checkpoint_path=...)`` is the same
+    network by name)."""
+    from lightning_fv.utils.checkpoint import read_checkpoint
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SAE file {str(path)!r} does not exist")
-    sae = build_model("sae", checkpoint_path=str(path)).eval()  # checks the metadata
-    return sae, {k: json.loads(v) for k, v in checkpoint_metadata(path).items()}
+    ck = read_checkpoint(path, prefixes=())
+    meta = {k: json.loads(v) for k, v in ck.metadata.items()}
+    if not {"d_in", "d_hidden", "k"} <= set(meta):
+        raise ValueError(f"{str(path)!r} lacks d_in/d_hidden/k metadata; found {sorted(meta)}")
+    sae = TopKSAE(int(meta["d_in"]), int(meta["d_hidden"]), int(meta["k"]))
+    sae.load_state_dict(ck.state_dict, strict=True)
+    return sae.eval(), meta

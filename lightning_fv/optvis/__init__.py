@@ -1,7 +1,7 @@
 """Feature-visualization engine, in Lucent's vocabulary: ``param``, ``transform``,
 ``objectives``, ``render``; plus layer hooks and norm-constrained maximization."""
 
-from lightning_fv.optvis import objectives, param, transform
+from lightning_fv.optvis import layout, objectives, param, transform
 from lightning_fv.optvis.constrained import maximize_in_ball, model_objective_fn, render_in_ball
 from lightning_fv.optvis.hooks import (
     Unit,
@@ -12,6 +12,7 @@ from lightning_fv.optvis.hooks import (
     parse_unit,
     preserved_state,
 )
+from lightning_fv.optvis.layout import Layout, channels_first, detect_layout
 from lightning_fv.optvis.objectives import Objective
 from lightning_fv.optvis.param import ImageParam, color_matrix_from_images
 from lightning_fv.optvis.projected import normalized_step, project, projected_step, random_start
@@ -22,21 +23,26 @@ from lightning_fv.optvis.render import (
     render,
     render_units,
 )
-from lightning_fv.optvis.transform import standard_transforms
+from lightning_fv.optvis.transform import model_input_size, standard_transforms
 
 __all__ = [
     "ImageParam",
+    "Layout",
     "Objective",
     "RenderResult",
     "Trajectory",
     "Unit",
     "capture",
+    "channels_first",
     "color_matrix_from_images",
+    "detect_layout",
     "get_layer",
     "layer_names",
+    "layout",
     "list_layers",
     "log_spaced_steps",
     "maximize_in_ball",
+    "model_input_size",
     "model_objective_fn",
     "normalized_step",
     "objectives",

@@ -2,21 +2,38 @@
 
 Units are addressed Lucent-style as ``"layer:index"`` (``"layer4.1.conv2:37"``,
 ``"fc:281"``) or as a :class:`Unit` (module name + channel index, optional spatial
-position). Hooks are registered only inside :func:`capture` and removed on exit, on
-exceptions too; :func:`preserved_state` restores training mode, ``requires_grad`` flags
-and parameter gradients exactly.
+position or prefix token). The index is a feature channel in every activation layout
+(conv maps, tokens, channels-last maps, vectors; see :mod:`lightning_fv.optvis.layout`),
+and :func:`capture` records each layer's layout with its activation. Hooks are
+registered only inside :func:`capture` and removed on exit, on exceptions too;
+:func:`preserved_state` restores training mode, ``requires_grad`` flags and parameter
+gradients exactly.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import inspect
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from lightning_fv.optvis.layout import (
+    MODEL_ATTRIBUTE,
+    Layout,
+    as_layouts,
+    channel_mean,
+    detect_layout,
+    num_channels,
+    positions,
+    prefix_index,
+    spatial_size,
+)
+from lightning_fv.optvis.transform import model_input_size
 from lightning_fv.utils.device import model_device, model_dtype
 
 #: Keys under which the model output / input are kept next to layer activations.
@@ -26,23 +43,35 @@ INPUT_KEY = "__input__"
 
 @dataclass(frozen=True)
 class Unit:
-    """One unit: a channel (or neuron) ``index`` of the module named ``layer``.
+    """One unit: feature channel ``index`` of the module named ``layer``, in every layout.
 
-    ``position`` optionally fixes a spatial location ``(row, col)`` of a conv feature map
-    (a "neuron" in Lucent's words); ``None`` means the whole channel.
+    ``position`` optionally fixes a spatial location ``(row, col)`` of the channel map (a
+    patch-grid cell for tokens; a "neuron" in Lucent's words) or names a prefix token of a
+    token layout (``"cls"``, ``"reg0"``, ``"dist"``, ``"prefix<k>"``); ``None`` means the
+    whole channel, averaged over positions / patch tokens (prefix tokens excluded).
     """
 
     layer: str
     index: int
-    position: tuple[int, int] | None = None
+    position: tuple[int, int] | str | None = None
 
     def __str__(self) -> str:
-        pos = "" if self.position is None else f"@{self.position[0]},{self.position[1]}"
+        if self.position is None:
+            pos = ""
+        elif isinstance(self.position, str):
+            pos = f"@{self.position}"
+        else:
+            pos = f"@{self.position[0]},{self.position[1]}"
         return f"{self.layer}:{self.index}{pos}"
 
 
+_TOKEN_NAME = re.compile(r"[A-Za-z_]+\d*")
+
+
 def parse_unit(unit: str | Unit | tuple[str, int]) -> Unit:
-    """Parse ``"layer:index"`` (optionally ``"layer:index@row,col"``) or ``(layer, index)``."""
+    """Parse ``"layer:index"``, ``"layer:index@row,col"`` (one position / patch-grid cell),
+    ``"layer:index@cls"`` (a prefix token: ``cls``, ``reg<k>``, ``dist``, ``prefix<k>``)
+    or ``(layer, index)``."""
     if isinstance(unit, Unit):
         return unit
     if isinstance(unit, tuple):
@@ -51,17 +80,22 @@ def parse_unit(unit: str | Unit | tuple[str, int]) -> Unit:
     if not isinstance(unit, str) or ":" not in unit:
         raise ValueError(
             f"cannot parse unit {unit!r}; expected 'layer:index' such as 'fc:3' or "
-            "'layer4.1.conv2:37@3,3'"
+            "'layer4.1.conv2:37@3,3' or 'blocks.5:3@cls'"
         )
     layer, _, rest = unit.rpartition(":")
-    position = None
+    position: tuple[int, int] | str | None = None
     if "@" in rest:
         rest, _, pos = rest.partition("@")
-        try:
-            r, c = (int(v) for v in pos.split(","))
-        except ValueError as err:
-            raise ValueError(f"bad position in unit {unit!r}; expected '@row,col'") from err
-        position = (r, c)
+        pos = pos.strip()
+        if _TOKEN_NAME.fullmatch(pos):
+            position = pos.lower()
+        else:
+            try:
+                r, c = (int(v) for v in pos.split(","))
+            except ValueError as err:
+                raise ValueError(f"bad position in unit {unit!r}; expected '@row,col' or a "
+                                 "prefix token such as '@cls', '@reg0'") from err
+            position = (r, c)
     try:
         index = int(rest)
     except ValueError as err:
@@ -94,7 +128,12 @@ def _first_tensor(output: object) -> Tensor:
 
 
 class Activations(dict):
-    """Mapping ``layer name → activation tensor`` filled by :func:`capture`."""
+    """Mapping ``layer name → activation tensor`` filled by :func:`capture`; ``layouts``
+    maps each recorded layer to its :class:`~lightning_fv.optvis.layout.Layout`."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.layouts: dict[str, Layout] = {}
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self:
@@ -107,14 +146,30 @@ class Activations(dict):
 AT = ("output", "input")
 
 
+LayoutsLike = Mapping[str, "str | Layout"] | None
+
+
+def stated_layouts(model: nn.Module, layouts: LayoutsLike = None) -> dict[str, Layout]:
+    """The layouts a user states: the model attribute ``fv_layouts`` (``{layer: layout}``)
+    updated by ``layouts``; each layer must exist (an unknown one lists the closest)."""
+    out = as_layouts(getattr(model, MODEL_ATTRIBUTE, None))
+    out.update(as_layouts(layouts))
+    for name in out:
+        get_layer(model, name)
+    return out
+
+
 @contextmanager
 def capture(model: nn.Module, layers: Sequence[str], detach: bool = False,
-            at: str = "output") -> Iterator[Activations]:
+            at: str = "output", layouts: LayoutsLike = None) -> Iterator[Activations]:
     """Record the outputs (``at="output"``) or the first positional inputs
     (``at="input"``) of ``layers`` during forward passes inside the ``with`` block.
 
     Hooks are removed on exit, including when the body raises. Each forward overwrites
-    the previous activation of a layer.
+    the previous activation of a layer. ``acts.layouts[layer]`` is the layer's
+    :class:`~lightning_fv.optvis.layout.Layout`, detected by
+    :func:`~lightning_fv.optvis.layout.detect_layout` unless stated in ``layouts``
+    (``{"blocks.5": "tokens"}``) or the model's ``fv_layouts`` attribute.
 
     Example::
 
@@ -126,19 +181,27 @@ def capture(model: nn.Module, layers: Sequence[str], detach: bool = False,
         raise ValueError(f"at must be one of {AT}, got {at!r}")
     acts = Activations()
     handles = []
+    stated = stated_layouts(model, layouts)
+    seen: dict[tuple[str, tuple[int, ...]], Layout] = {}
+
+    def keep(name: str, module: nn.Module, t: Tensor) -> None:
+        acts[name] = t.detach() if detach else t
+        key = (name, tuple(t.shape[1:]))
+        if key not in seen:
+            seen[key] = detect_layout(t, module, model, stated.get(name))
+        acts.layouts[name] = seen[key]
+
     try:
         for name in dict.fromkeys(layers):
             module = get_layer(model, name)
             if at == "output":
-                def hook(_m: nn.Module, _i: object, out: object, _name: str = name) -> None:
-                    t = _first_tensor(out)
-                    acts[_name] = t.detach() if detach else t
+                def hook(m: nn.Module, _i: object, out: object, _name: str = name) -> None:
+                    keep(_name, m, _first_tensor(out))
 
                 handles.append(module.register_forward_hook(hook))
             else:
-                def pre_hook(_m: nn.Module, args: tuple, _name: str = name) -> None:
-                    t = _first_tensor(args)
-                    acts[_name] = t.detach() if detach else t
+                def pre_hook(m: nn.Module, args: tuple, _name: str = name) -> None:
+                    keep(_name, m, _first_tensor(args))
 
                 handles.append(module.register_forward_pre_hook(pre_hook))
         yield acts
@@ -150,18 +213,25 @@ def capture(model: nn.Module, layers: Sequence[str], detach: bool = False,
 Reduction = Callable[[Tensor], Tensor]
 
 
-def _reduction(reduce: str | Reduction | None) -> Reduction:
-    """The per-batch reduction of :func:`record` (see there for the names)."""
+def _reduction(reduce: str | Reduction | None) -> Callable[[Tensor, Layout], Tensor]:
+    """The per-batch reduction ``(activation, layout) → tensor`` of :func:`record` (see
+    there for the names)."""
     if reduce is None:
-        return lambda a: a
+        return lambda a, _lay: a
     if callable(reduce):
-        return reduce
+        try:
+            params = inspect.signature(reduce).parameters.values()
+        except (TypeError, ValueError):  # builtins without a signature
+            params = []
+        two = sum(1 for p in params if p.default is p.empty and p.kind in (
+            p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)) >= 2
+        return reduce if two else (lambda a, _lay: reduce(a))
     if reduce == "flatten":
-        return lambda a: a.flatten(1)
+        return lambda a, _lay: a.flatten(1)
     if reduce == "channel_mean":
-        return lambda a: a.flatten(2).mean(2) if a.dim() > 2 else a
+        return channel_mean
     if reduce == "positions":
-        return lambda a: a.movedim(1, -1).reshape(-1, a.shape[1]) if a.dim() > 2 else a
+        return positions
     raise ValueError(
         f"unknown reduce {reduce!r}; valid: None, 'flatten', 'channel_mean', 'positions' "
         "or a callable"
@@ -193,6 +263,7 @@ def record(
     keep_output: bool = False,
     keep_inputs: bool = False,
     preprocess: Callable[[Tensor], Tensor] | None = None,
+    layouts: LayoutsLike = None,
 ) -> Activations:
     """Run ``model`` over ``inputs`` and return the activations of ``layers``: the one
     entry point for recording (in the spirit of TransformerLens' ``run_with_cache``).
@@ -207,18 +278,24 @@ def record(
             batches (a DataLoader yielding ``x`` or ``(x, y, …)``).
         at: ``"output"`` (the module's output) or ``"input"`` (its first input).
         reduce: per batch, before concatenation: ``None`` (as recorded), ``"flatten"``
-            (``(N, D)``), ``"channel_mean"`` (``(N, C)``: the mean over every dimension
-            after the channel one), ``"positions"`` (``(N·h·w, C)``: every spatial
-            position a row), or a callable ``Tensor → Tensor``.
+            (``(N, D)``: every entry in the recorded order, prefix tokens included),
+            ``"channel_mean"`` (``(N, C)``: each feature channel averaged over the spatial
+            positions or patch tokens, prefix tokens excluded, in every layout),
+            ``"positions"`` (``(N·h·w, C)``: every spatial position / patch token a row),
+            or a callable ``Tensor → Tensor`` of the recorded tensor (one with two
+            required parameters gets ``(tensor, layout)``, the layer's
+            :class:`~lightning_fv.optvis.layout.Layout`).
         detach: record without autograd (``torch.no_grad``); ``False`` keeps the graph.
         device: where inputs go; default the model's device.
         to_cpu: move each reduced batch to the CPU (for large data sets).
         keep_output: also keep the model output under ``OUTPUT_KEY``.
         keep_inputs: also keep the (CPU) input batches under ``INPUT_KEY``.
         preprocess: applied to each batch on the device before the model.
+        layouts: layouts stated for layers (see :func:`capture`).
 
     Returns:
-        :class:`Activations` ``{layer: tensor}`` concatenated over batches along dim 0.
+        :class:`Activations` ``{layer: tensor}`` concatenated over batches along dim 0,
+        with ``layouts`` (those of the recorded, unreduced activations).
     """
     reducer = _reduction(reduce)
     dev = torch.device(device) if device is not None else model_device(model)
@@ -230,7 +307,7 @@ def record(
         parts[INPUT_KEY] = []
     grad_mode = torch.no_grad() if detach else torch.enable_grad()
     with grad_mode, preserved_state(model), capture(model, names, detach=detach,
-                                                    at=at) as acts:
+                                                    at=at, layouts=layouts) as acts:
         for x in _batches(inputs, batch_size):
             xd = x.to(dev)
             y = model(preprocess(xd) if preprocess is not None else xd)
@@ -238,7 +315,7 @@ def record(
             if keep_output:
                 batch[OUTPUT_KEY] = _first_tensor(y)
             for n, a in batch.items():
-                r = reducer(a) if n != OUTPUT_KEY else a
+                r = reducer(a, acts.layouts[n]) if n != OUTPUT_KEY else a
                 parts[n].append(r.cpu() if to_cpu else r)
             if keep_inputs:
                 parts[INPUT_KEY].append(x.detach().cpu())
@@ -247,6 +324,7 @@ def record(
         if not v:
             raise ValueError("record got no input batches")
         out[n] = torch.cat(v)
+    out.layouts.update({n: acts.layouts[n] for n in names if n in acts.layouts})
     return out
 
 
@@ -288,68 +366,101 @@ def list_layers(
     model: nn.Module,
     input_size: tuple[int, ...] = (3, 224, 224),
     leaf_only: bool = False,
-) -> list[tuple[str, str, tuple[int, ...]]]:
-    """``(name, module type, output shape without batch)`` for every layer, from one forward.
+    *,
+    layouts: LayoutsLike = None,
+    with_layout: bool = False,
+) -> list[tuple]:
+    """``(name, module type, output shape without batch)`` for every layer, from one forward;
+    with ``with_layout=True`` ``(name, module type, shape, layout)``, the
+    :class:`~lightning_fv.optvis.layout.Layout` that units of the layer are read in
+    (detected, or stated in ``layouts`` / the model's ``fv_layouts``).
 
     ``input_size`` is ``(C, H, W)``; the dummy input follows the model's device and dtype.
     Layers whose output is not a tensor are skipped.
     """
     device, dtype = model_device(model), model_dtype(model)
+    mods = dict(model.named_modules())
     names = [
-        n for n, m in model.named_modules()
+        n for n, m in mods.items()
         if n and (not leaf_only or not any(True for _ in m.children()))
     ]
+    stated = stated_layouts(model, layouts)
     shapes: dict[str, tuple[int, ...]] = {}
+    found: dict[str, Layout] = {}
     handles = []
     try:
         for n in names:
-            def hook(_m: nn.Module, _i: object, out: object, _n: str = n) -> None:
-                if isinstance(out, Tensor):
-                    shapes.setdefault(_n, tuple(out.shape[1:]))
-            handles.append(get_layer(model, n).register_forward_hook(hook))
+            def hook(m: nn.Module, _i: object, out: object, _n: str = n) -> None:
+                if isinstance(out, Tensor) and _n not in shapes:
+                    shapes[_n] = tuple(out.shape[1:])
+                    try:
+                        found[_n] = detect_layout(out, m, model, stated.get(_n))
+                    except ValueError:  # a stated layout that does not fit: report later
+                        found[_n] = Layout("conv")
+            handles.append(mods[n].register_forward_hook(hook))
         with preserved_state(model):
             model(torch.zeros(1, *input_size, device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()
-    mods = dict(model.named_modules())
+    if with_layout:
+        return [(n, type(mods[n]).__name__, shapes[n], found[n]) for n in names if n in shapes]
     return [(n, type(mods[n]).__name__, shapes[n]) for n in names if n in shapes]
 
 
-def check_unit_index(unit: Unit, activation: Tensor) -> None:
-    """Raise ``IndexError`` naming the layer size if ``unit`` is out of range of ``activation``."""
-    n = activation.shape[1]
+def layer_channels(shape: tuple[int, ...], layout: Layout) -> int:
+    """Feature channels of a layer from its output ``shape`` (batch excluded) and layout."""
+    return int(shape[-1] if layout.kind in ("tokens", "channels_last") else shape[0])
+
+
+def check_unit_index(unit: Unit, activation: Tensor, layout: Layout | None = None) -> None:
+    """Raise ``IndexError`` naming the layer's channel count (or spatial size, or valid
+    prefix tokens) if ``unit`` is out of range of ``activation`` read in ``layout``
+    (default: detected from the rank, see :func:`~lightning_fv.optvis.layout.detect_layout`)."""
+    lay = layout if layout is not None else detect_layout(activation)
+    n = num_channels(activation, lay)
     if not 0 <= unit.index < n:
         raise IndexError(
             f"unit index {unit.index} out of range for layer {unit.layer!r} with {n} "
-            f"channels (valid: 0..{n - 1})"
+            f"channels (valid: 0..{n - 1}) in layout {lay}"
         )
-    if unit.position is not None:
-        if activation.dim() != 4:
-            raise ValueError(f"unit {unit} has a position but layer output is {activation.dim()}-D")
-        h, w = activation.shape[-2:]
-        r, c = unit.position
-        if not (0 <= r < h and 0 <= c < w):
-            raise IndexError(
-                f"position {unit.position} out of range for layer {unit.layer!r} with "
-                f"spatial size {(h, w)}"
-            )
+    if unit.position is None:
+        return
+    if isinstance(unit.position, str):
+        prefix_index(lay, unit.position, unit.layer)
+        return
+    size = spatial_size(activation, lay)
+    if size is None:
+        raise ValueError(f"unit {unit} has a position but layer {unit.layer!r} gives "
+                         f"vectors {tuple(activation.shape)}")
+    h, w = size
+    r, c = unit.position
+    if not (0 <= r < h and 0 <= c < w):
+        what = "patch grid" if lay.kind == "tokens" else "spatial size"
+        raise IndexError(
+            f"position {unit.position} out of range for layer {unit.layer!r} with "
+            f"{what} {(h, w)}"
+        )
 
 
 def parse_units(
     units: str | Unit | Sequence[str | Unit | tuple[str, int]],
     model: nn.Module | None = None,
     image_size: int | tuple[int, int] | None = None,
+    layouts: LayoutsLike = None,
 ) -> list[Unit]:
     """The one unit grammar: parse (and expand) a unit list into :class:`Unit` s, once.
 
     Accepted forms, alone or in a list (a string may hold a list: ``"[fc:*, block3:0-15]"``
     or ``"fc:1, fc:2"``):
 
-    - ``"layer:idx"`` a channel, ``"layer:idx@r,c"`` one position of it;
+    - ``"layer:idx"`` a feature channel (in every layout, see
+      :mod:`~lightning_fv.optvis.layout`), ``"layer:idx@r,c"`` one position (patch-grid
+      cell) of it, ``"layer:idx@cls"`` its value on a prefix token;
     - ``"layer:lo-hi"`` the channels ``lo…hi`` (inclusive);
     - ``"layer:*"`` every channel of the layer (needs ``model`` and ``image_size`` for
-      one dummy forward that reads the layer's size);
+      one dummy forward that reads the layer's size and layout, at the model's required
+      input size when it states one; ``layouts`` as in :func:`capture`);
     - a :class:`Unit` or a ``(layer, idx)`` pair.
 
     With ``model`` given, every layer is checked to exist (an unknown one lists the closest
@@ -376,14 +487,15 @@ def parse_units(
                     raise ValueError(f"unit {item!r}: a wildcard needs the model to count "
                                      "the layer's channels")
                 if shapes is None:
-                    hw = (224, 224) if image_size is None else (
+                    hw = model_input_size(model) or ((224, 224) if image_size is None else (
                         (image_size, image_size) if isinstance(image_size, int)
-                        else tuple(image_size))
-                    shapes = {n: sh for n, _, sh in list_layers(model, (3, *hw))}
+                        else tuple(image_size)))
+                    shapes = {n: layer_channels(sh, lay) for n, _, sh, lay in list_layers(
+                        model, (3, *hw), layouts=layouts, with_layout=True)}
                 if layer not in shapes:
                     get_layer(model, layer)  # raises with the closest names
                     raise ValueError(f"layer {layer!r} gives no tensor output")
-                out += [Unit(layer, i) for i in range(shapes[layer][0])]
+                out += [Unit(layer, i) for i in range(shapes[layer])]
                 continue
             if "-" in rest and "@" not in rest:
                 try:
@@ -417,9 +529,10 @@ def _split_top(text: str) -> list[str]:
     return parts
 
 
-def expand_units(units: list[str], model: nn.Module, image_size: int) -> list[str]:
+def expand_units(units: list[str], model: nn.Module, image_size: int,
+                 layouts: LayoutsLike = None) -> list[str]:
     """:func:`parse_units` as strings (``"layer:*"``, ``"layer:0-9"`` expanded)."""
-    return [str(u) for u in parse_units(units, model, image_size)]
+    return [str(u) for u in parse_units(units, model, image_size, layouts)]
 
 
 @contextmanager

@@ -9,6 +9,12 @@ own unit); that is what :func:`lightning_fv.optvis.render.render_units` uses.
 
 Special keys: ``OUTPUT`` is the model's output (logits), ``INPUT`` the parameterized
 image before transforms (for regularizers).
+
+Every layer objective reads its activation through
+:func:`lightning_fv.optvis.layout.channels_first` in the layout recorded with it (conv
+maps, tokens, channels-last maps, vectors), so a channel index is a feature channel in
+every layout and "over positions" means over the spatial positions or the patch tokens,
+prefix tokens (CLS, registers) excluded.
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_fv.optvis.hooks import INPUT_KEY, OUTPUT_KEY, Unit, check_unit_index, parse_unit
+from lightning_fv.optvis.layout import (
+    Layout,
+    channels_first,
+    layout_of,
+    prefix_index,
+    prefix_tokens,
+)
 
 OUTPUT = OUTPUT_KEY
 INPUT = INPUT_KEY
@@ -92,8 +105,9 @@ def _index(idx: Index, b: int, device: torch.device) -> Tensor:
     return t
 
 
-def _check(layer: str, idx: Index, act: Tensor) -> None:
-    """Range-check unit indices; uses Python values when given, so no device sync."""
+def _check(layer: str, idx: Index, act: Tensor, layout: Layout | None = None) -> None:
+    """Range-check unit indices of ``act`` read in ``layout``; uses Python values when
+    given, so no device sync."""
     if isinstance(idx, Tensor):
         if idx.device.type != "cpu":
             return  # already checked on the CPU when the objective was built/first called
@@ -101,8 +115,8 @@ def _check(layer: str, idx: Index, act: Tensor) -> None:
     else:
         values = [idx] if isinstance(idx, int) else list(idx)
     if values:
-        check_unit_index(Unit(layer, int(min(values))), act)
-        check_unit_index(Unit(layer, int(max(values))), act)
+        check_unit_index(Unit(layer, int(min(values))), act, layout)
+        check_unit_index(Unit(layer, int(max(values))), act, layout)
 
 
 def _pick_channel(act: Tensor, idx: Tensor) -> Tensor:
@@ -110,49 +124,71 @@ def _pick_channel(act: Tensor, idx: Tensor) -> Tensor:
     return act[torch.arange(act.shape[0], device=act.device), idx]
 
 
+def _features(a: dict[str, Tensor], layer: str) -> tuple[Tensor, Tensor, Layout]:
+    """``(recorded activation, its (B, C, H, W) / (B, C) channels-first view, layout)``."""
+    act = a[layer]
+    lay = layout_of(a, layer)
+    return act, channels_first(act, lay), lay
+
+
 def channel(layer: str, n: Index) -> Objective:
-    """Mean activation of channel ``n`` over all spatial positions (Lucent ``channel``)."""
+    """Mean activation of channel ``n`` over all spatial positions or patch tokens (prefix
+    tokens excluded; Lucent ``channel``)."""
 
     def fn(a: dict[str, Tensor]) -> Tensor:
-        act = a[layer]
-        _check(layer, n, act)
+        act, feats, lay = _features(a, layer)
+        _check(layer, n, act, lay)
         idx = _index(n, act.shape[0], act.device)
-        picked = _pick_channel(act, idx)
+        picked = _pick_channel(feats, idx)
         return picked.flatten(1).mean(1) if picked.dim() > 1 else picked
 
     return Objective(fn, [layer], f"channel({layer}:{n})")
 
 
-def neuron(layer: str, n: Index, x: int | None = None, y: int | None = None) -> Objective:
-    """Activation of channel ``n`` at one spatial position (default: the centre)."""
+def neuron(layer: str, n: Index, x: int | None = None, y: int | None = None,
+           token: str | None = None) -> Objective:
+    """Activation of channel ``n`` at one spatial position / patch-grid cell (row ``y``,
+    column ``x``; default: the centre), or on the prefix token ``token`` (``"cls"``,
+    ``"reg0"``, ``"prefix<k>"``) of a token layout."""
 
     def fn(a: dict[str, Tensor]) -> Tensor:
-        act = a[layer]
-        _check(layer, n, act)
+        act, feats, lay = _features(a, layer)
+        _check(layer, n, act, lay)
         idx = _index(n, act.shape[0], act.device)
-        if act.dim() == 2:
-            return _pick_channel(act, idx)
-        h, w = act.shape[-2:]
+        if token is not None:
+            k = prefix_index(lay, token, layer)
+            return _pick_channel(prefix_tokens(act, lay)[:, k], idx)
+        if feats.dim() == 2:
+            return _pick_channel(feats, idx)
+        h, w = feats.shape[-2:]
         yy = h // 2 if y is None else y
         xx = w // 2 if x is None else x
-        check_unit_index(Unit(layer, 0, (yy, xx)), act)
-        return _pick_channel(act[..., yy, xx], idx)
+        check_unit_index(Unit(layer, 0, (yy, xx)), act, lay)
+        return _pick_channel(feats[..., yy, xx], idx)
 
-    return Objective(fn, [layer], f"neuron({layer}:{n}@{x},{y})")
+    where = f"@{token}" if token is not None else f"@{x},{y}"
+    return Objective(fn, [layer], f"neuron({layer}:{n}{where})")
 
 
 def unit(spec: str | Unit) -> Objective:
     """An objective from a Lucent-style name: ``"fc:3"`` (channel; for a 2-D output the
-    neuron) or ``"block3:5@4,4"`` (neuron at row 4, column 4)."""
+    neuron), ``"block3:5@4,4"`` (neuron at row 4, column 4) or ``"blocks.5:3@cls"`` (the
+    CLS token's channel 3)."""
     u = parse_unit(spec)
     if u.position is None:
         return channel(u.layer, u.index)
+    if isinstance(u.position, str):
+        return neuron(u.layer, u.index, token=u.position)
     return neuron(u.layer, u.index, x=u.position[1], y=u.position[0])
 
 
 def layer_l2(layer: str) -> Objective:
-    """Mean squared activation of a whole layer ("deep dream")."""
-    return Objective(lambda a: a[layer].pow(2).flatten(1).mean(1), [layer], f"layer_l2({layer})")
+    """Mean squared activation of a whole layer ("deep dream"; patch tokens only)."""
+
+    def fn(a: dict[str, Tensor]) -> Tensor:
+        return _features(a, layer)[1].pow(2).flatten(1).mean(1)
+
+    return Objective(fn, [layer], f"layer_l2({layer})")
 
 
 deepdream = layer_l2
@@ -163,7 +199,7 @@ def direction(layer: str, vec: Tensor) -> Objective:
     each position, averaged over positions (Lucent ``direction``)."""
 
     def fn(a: dict[str, Tensor]) -> Tensor:
-        act = a[layer]
+        act = _features(a, layer)[1]
         v = vec.to(act.device, act.dtype)
         v = v.expand(act.shape[0], -1) if v.dim() == 1 else v
         if v.shape[1] != act.shape[1]:
@@ -186,13 +222,18 @@ def check_maxpool_size(act: Tensor) -> None:
             f"{h}×{w}; use larger images or aggregation='mean' / 'center'")
 
 
-def aggregate(act: Tensor, aggregation: str = "maxpool_mean") -> Tensor:
-    """Feature response ``y`` ``(B, C)`` from activations ``(B, C, H, W)`` or ``(B, C)``.
+def aggregate(act: Tensor, aggregation: str = "maxpool_mean",
+              layout: Layout | None = None) -> Tensor:
+    """Feature response ``y`` ``(B, C)`` from activations ``(B, C, H, W)`` or ``(B, C)``
+    (or any layout: with ``layout`` given, ``act`` is first read channels-first, so token
+    activations are pooled over the patch grid, prefix tokens excluded).
 
     `inverse-feature-visualization` §2.3: ``"maxpool_mean"`` (3×3 max pooling, stride 1,
     then the spatial mean; the paper's default), ``"mean"``, ``"center"`` (the centre
     position), ``"identity"`` (for ``(B, C)`` activations).
     """
+    if layout is not None:
+        act = channels_first(act, layout)
     if act.dim() == 2:
         if aggregation not in ("identity", "maxpool_mean", "mean", "center"):
             raise ValueError(f"unknown aggregation {aggregation!r}; valid: maxpool_mean, "
@@ -234,7 +275,7 @@ def cosine_power(layer: str, x: Tensor, k: float = 2.0,
     sample)."""
 
     def fn(a: dict[str, Tensor]) -> Tensor:
-        y = aggregate(a[layer], aggregation)
+        y = aggregate(_features(a, layer)[1], aggregation)
         xt = x.to(y.device)
         if xt.shape[-1] != y.shape[-1]:
             raise ValueError(f"target has {xt.shape[-1]} entries, layer {layer!r} has "
@@ -277,7 +318,7 @@ def diversity(layer: str) -> Objective:
     images of the same unit)."""
 
     def fn(a: dict[str, Tensor]) -> Tensor:
-        act = a[layer]
+        act = _features(a, layer)[1]
         b, c = act.shape[:2]
         flat = act.reshape(b, c, -1).float()
         gram = F.normalize((flat @ flat.transpose(1, 2)).flatten(1), dim=1)
@@ -357,16 +398,21 @@ def as_objective(obj: Objective | str | Unit | Callable[[dict[str, Tensor]], Ten
 def units_objective(units: Sequence[str | Unit]) -> Objective:
     """Sample ``i`` maximizes ``units[i]``; units may live in different layers.
 
-    Channel units use the spatial mean; units with a position use that neuron; units of a
-    2-D layer (e.g. ``"fc:3"``) use the neuron itself.
+    Channel units use the mean over spatial positions / patch tokens (prefix tokens
+    excluded); units with a position use that neuron (patch-grid cell); units with a
+    prefix-token position (``"@cls"``) use that token; units of a 2-D layer (e.g.
+    ``"fc:3"``) use the neuron itself.
     """
     parsed = [parse_unit(u) for u in units]
     layers = list(dict.fromkeys(u.layer for u in parsed))
     plan = []  # per layer: rows, channel indices, (row-in-group, r, c) of positioned units
+    tokens: dict[str, list[tuple[int, str]]] = {}  # per layer: (row-in-group, prefix name)
     for layer in layers:
         rows = [i for i, u in enumerate(parsed) if u.layer == layer]
         pos = [(j, *parsed[i].position) for j, i in enumerate(rows)
-               if parsed[i].position is not None]
+               if isinstance(parsed[i].position, tuple)]
+        tokens[layer] = [(j, parsed[i].position) for j, i in enumerate(rows)
+                         if isinstance(parsed[i].position, str)]
         plan.append((layer, rows, [parsed[i].index for i in rows], pos))
     cache: dict[torch.device, list[tuple[Tensor, ...]]] = {}
     checked: set[tuple[str, tuple[int, ...]]] = set()
@@ -383,23 +429,30 @@ def units_objective(units: Sequence[str | Unit]) -> Objective:
             ]
         out = torch.empty(b, device=device, dtype=torch.float32)
         for (layer, _rows, idx, pos), tensors in zip(plan, cache[device]):
-            act = a[layer]
+            act, feats, lay = _features(a, layer)
             if act.shape[0] != b:
                 raise ValueError(f"batch of {act.shape[0]} images for {b} units")
             key = (layer, tuple(act.shape[1:]))
             if key not in checked:  # Python-side range checks, once per layer shape
-                _check(layer, idx, act)
+                _check(layer, idx, act, lay)
                 for _, r, c in pos:
-                    check_unit_index(Unit(layer, 0, (r, c)), act)
+                    check_unit_index(Unit(layer, 0, (r, c)), act, lay)
+                for _, name in tokens[layer]:
+                    check_unit_index(Unit(layer, 0, name), act, lay)
                 checked.add(key)
             rows_t, idx_t, js, rr, cc = tensors
-            picked = act[rows_t, idx_t]
+            picked = feats[rows_t, idx_t]
             if picked.dim() == 1:
                 vals = picked
             else:
                 vals = picked.flatten(1).mean(1)
                 if pos:
                     vals = vals.index_put((js,), picked[js, rr, cc])
+            if tokens[layer]:
+                pre = prefix_tokens(act, lay)
+                for j, name in tokens[layer]:
+                    vals = vals.index_put((torch.tensor([j], device=device),), pre[
+                        rows_t[j], prefix_index(lay, name, layer), idx_t[j]].reshape(1))
             out = out.index_put((rows_t,), vals.float())
         return out
 

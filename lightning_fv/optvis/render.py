@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -29,7 +29,13 @@ from lightning_fv.optvis.hooks import Unit, capture, parse_units, preserved_stat
 from lightning_fv.optvis.objectives import INPUT, OUTPUT, Objective, as_objective, units_objective
 from lightning_fv.optvis.param import ImageParam
 from lightning_fv.optvis.relu import redirect_relus
-from lightning_fv.optvis.transform import TransformChain, TransformLike, standard_transforms
+from lightning_fv.optvis.transform import (
+    TransformChain,
+    TransformLike,
+    fit_to_input,
+    resolve_input_size,
+    standard_transforms,
+)
 from lightning_fv.utils.device import model_device, model_dtype
 from lightning_fv.utils.preprocess import NormalizeLike, as_normalize
 from lightning_fv.utils.rng import make_generator
@@ -156,6 +162,8 @@ def render(
     redirect_relu_steps: int | None = None,
     preset: str = DEFAULT_PRESET,
     seeds: int | Sequence[int] | None = None,
+    input_size: int | tuple[int, int] | str | None = "auto",
+    layouts: Mapping[str, object] | None = None,
 ) -> RenderResult:
     """Maximize ``objective`` over a batch of parameterized images.
 
@@ -193,12 +201,23 @@ def render(
         preset: ``"lucid"`` (default: redirected ReLUs for 16 steps) or ``"lucent"``
             (exactly the paper's renderer, no redirection); see :data:`PRESETS`.
         seeds: deprecated name of ``seed``.
+        input_size: ``(H, W)`` (or ``H``) the model must receive: the transformed image
+            (and the untransformed one at thresholds) is resized to it, bilinearly, after
+            the transforms (Lucent's ``fixed_image_size``; the standard transforms grow a
+            224 image to 236). ``"auto"`` (default) reads it from the model when the model
+            states one (:func:`~lightning_fv.optvis.transform.model_input_size`: timm's
+            ``pretrained_cfg`` with ``fixed_input_size``, ``patch_embed.img_size``);
+            ``None`` never resizes.
+        layouts: activation layouts stated for layers, ``{"blocks.5": "tokens"}`` (see
+            :mod:`lightning_fv.optvis.layout`); others are detected.
 
     Returns:
         :class:`RenderResult`.
 
     Raises:
         FloatingPointError: a non-finite objective or gradient, naming the unit and step.
+        ValueError: the model rejects the image size it gets, before the first optimizer
+            step, naming the rendered and the transformed sizes.
     """
     if seeds is not None:
         warnings.warn("render(seeds=...) is deprecated; use seed=", DeprecationWarning,
@@ -215,6 +234,7 @@ def render(
         raise ValueError(f"redirect_relu_steps must be >= 0, got {redirect_relu_steps}")
     device, dtype = _model_device_dtype(model)
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    fixed = resolve_input_size(model, input_size)
 
     if isinstance(param, ImageParam):
         b = param.shape[0]
@@ -240,6 +260,7 @@ def render(
                          "None or a list of transforms")
     chain = TransformChain(standard_transforms() if transforms == "standard" else
                            None if transforms == "none" else transforms)
+    sizes = _size_note(tuple(param.shape[-2:]), chain, fixed)
     draws = chain.draw(generators, max(total, 1)).to(device)
     rec_steps = _record_steps(record, total)
     norm = as_normalize(normalize, device)
@@ -251,18 +272,20 @@ def render(
     first_bad = torch.full((b,), -1, device=device, dtype=torch.long)
 
     with preserved_state(model), _channels_last(model, channels_last), \
-            capture(model, obj.model_layers) as acts:
+            capture(model, obj.model_layers, layouts=layouts) as acts:
         fwd = torch.compile(model) if compile else model
+        accepted: list[bool] = []  # non-empty once the model took an input
 
         def forward(img: Tensor, u: Tensor | None) -> Tensor:
-            x = chain(img, u) if u is not None else img
+            x = fit_to_input(chain(img, u) if u is not None else img, fixed)
             if norm is not None:
                 x = norm(x)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16,
                                 enabled=autocast_dtype is not None):
-                out = fwd(x.to(dtype))
+                out = fwd(x.to(dtype)) if accepted else _first_call(fwd, x.to(dtype), sizes)
+            accepted.append(True)
             acts[OUTPUT] = out
             acts[INPUT] = img
             return obj(acts).float()
@@ -330,6 +353,28 @@ def render(
                         values={t: values[t] for t in thresholds}, trajectory=traj, units=names)
 
 
+def _size_note(size: tuple[int, int], chain: TransformChain,
+               fixed: tuple[int, int] | None) -> str:
+    """The image sizes of a render, for an error when the model rejects its input."""
+    out = chain.out_size(size)
+    made = "an unknown size" if out is None else f"{out[0]}x{out[1]}"
+    note = f"the {size[0]}x{size[1]} rendered images become {made} after the transforms"
+    if fixed is not None:
+        return note + f", resized to the input size {fixed[0]}x{fixed[1]}"
+    return note + (" and are not resized; pass input_size=(H, W), the size the model "
+                   "takes (or use transforms that keep it)")
+
+
+def _first_call(model: Callable[[Tensor], Tensor], x: Tensor, sizes: str) -> Tensor:
+    """``model(x)`` for the first input of a render (before any optimizer step); a model
+    that rejects it raises naming the sizes."""
+    try:
+        return model(x)
+    except (AssertionError, RuntimeError, ValueError) as err:
+        raise ValueError(f"the model rejected its {x.shape[-2]}x{x.shape[-1]} input before "
+                         f"the first step: {sizes} ({type(err).__name__}: {err})") from err
+
+
 def _record_steps(record: Sequence[int] | str | None, total: int) -> set[int]:
     if record is None:
         return set()
@@ -383,7 +428,9 @@ def render_units(
     Returns:
         A :class:`RenderResult` whose tensors concatenate the chunks in unit order.
     """
-    parsed = parse_units(units, model, kwargs.get("image_size"))  # type: ignore[arg-type]
+    probe = resolve_input_size(model, kwargs.get("input_size", "auto")  # type: ignore[arg-type]
+                               ) or kwargs.get("image_size")
+    parsed = parse_units(units, model, probe, kwargs.get("layouts"))  # type: ignore[arg-type]
     seeds = [int(seed)] * len(parsed) if isinstance(seed, int) else [int(s) for s in seed]
     if len(seeds) != len(parsed):
         raise ValueError(f"got {len(seeds)} seeds for {len(parsed)} units")

@@ -6,6 +6,10 @@ composed into one ``(B, 3, 3)`` matrix per step and applied with a single
 and rotation stays one tensor, the whole chain is differentiable, and all randomness
 comes from per-sample ``torch.Generator`` draws made before optimization starts.
 
+Models that need one input size (vision transformers: a fixed patch grid) get it from
+:func:`fit_to_input`, which resizes the transformed images to :func:`model_input_size`
+(Lucent's ``fixed_image_size``).
+
 Differences from Lucent 0.1.8, all for batching: ``random_scale`` zooms about the image
 centre and keeps the canvas size (Lucent resizes the canvas), and rotations are applied
 with bilinear ``grid_sample`` instead of kornia (same interpolation).
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class AffineTransform:
@@ -187,6 +191,15 @@ class TransformChain:
         self.transforms = list(transforms or [])
         self.n_random = sum(getattr(t, "n_random", 0) for t in self.transforms)
 
+    def out_size(self, size: tuple[int, int]) -> tuple[int, int] | None:
+        """``(H, W)`` of the images the chain makes from ``size`` images; ``None`` when a
+        non-affine transform makes it unknowable without running it."""
+        for t in self.transforms:
+            if not isinstance(t, AffineTransform):
+                return None
+            size = t.out_size(size)
+        return size
+
     def draw(self, generators: Sequence[torch.Generator], steps: int) -> Tensor:
         """Uniform draws ``(steps, B, n_random)``, one generator per sample."""
         if self.n_random == 0:
@@ -246,3 +259,58 @@ def _apply_affine(x: Tensor, group: list[tuple[AffineTransform, Tensor]]) -> Ten
         return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros",
                              align_corners=False) + fill
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=mode, align_corners=False)
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    vals = [int(v) for v in size]
+    if len(vals) == 3:  # (C, H, W) as timm's pretrained_cfg["input_size"]
+        vals = vals[1:]
+    if len(vals) != 2 or min(vals) < 1:
+        raise ValueError(f"an input size is H, (H, W) or (C, H, W) with positive sides, "
+                         f"got {size!r}")
+    return vals[0], vals[1]
+
+
+def model_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The ``(H, W)`` input a model requires, or ``None`` when it takes any size.
+
+    Read from what the model states, never guessed: a ``patch_embed.img_size`` that timm
+    enforces (``strict_img_size`` without ``dynamic_img_size``; it wins, as it is what the
+    built module checks even when ``img_size=`` overrode the config), else timm's
+    ``pretrained_cfg`` (or ``default_cfg``) ``input_size`` when it sets
+    ``fixed_input_size``. A model of any other kind takes the image as rendered.
+    """
+    if getattr(model, "dynamic_img_size", False):
+        return None
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None)
+    if size is not None and getattr(pe, "strict_img_size", False):
+        return _pair(size)
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        if isinstance(cfg, dict) and cfg.get("fixed_input_size") and cfg.get("input_size"):
+            return _pair(cfg["input_size"])
+    return None
+
+
+def resolve_input_size(model: nn.Module, input_size: int | Sequence[int] | str | None
+                       ) -> tuple[int, int] | None:
+    """``input_size`` of :func:`~lightning_fv.optvis.render.render` as ``(H, W)`` or
+    ``None``: ``"auto"`` reads :func:`model_input_size`, ``None`` turns resizing off."""
+    if input_size is None:
+        return None
+    if isinstance(input_size, str):
+        if input_size != "auto":
+            raise ValueError(f"input_size must be 'auto', None, H or (H, W), got {input_size!r}")
+        return model_input_size(model)
+    return _pair(input_size)
+
+
+def fit_to_input(images: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """Images ``(B, C, H, W)`` resized (bilinear, differentiable) to ``size = (H', W')``
+    when they differ; unchanged when ``size`` is ``None`` (Lucent's ``fixed_image_size``)."""
+    if size is None or tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
