@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_fv.data.embedded import digits, photo_patches
-from lightning_fv.optvis.hooks import expand_units, list_layers, parse_unit
+from lightning_fv.optvis.hooks import expand_units, parse_unit, parse_units
 from lightning_fv.optvis.render import log_spaced_steps, render_units
 from lightning_fv.optvis.transform import TransformChain, standard_transforms
 from lightning_fv.utils.checkpoint import save_tensors
@@ -46,15 +46,12 @@ NATURAL = {"photo_patches": photo_patches, "digits": digits}
 
 def layer_units(model: nn.Module, layers: Sequence[str], image_size: int,
                 max_per_layer: int | None = None) -> list[str]:
-    """All units ``"layer:i"`` of ``layers`` (the first ``max_per_layer`` of each if given)."""
-    shapes = {n: s for n, _, s in list_layers(model, (3, image_size, image_size))}
+    """All units ``"layer:i"`` of ``layers`` (the first ``max_per_layer`` of each if given):
+    ``"layer:*"`` of the unit grammar, so channels are counted in the layer's layout."""
     out = []
     for layer in layers:
-        if layer not in shapes:
-            raise KeyError(f"layer {layer!r} not found; layers: {sorted(shapes)[:20]}")
-        n = shapes[layer][0]
-        n = n if max_per_layer is None else min(n, max_per_layer)
-        out += [f"{layer}:{i}" for i in range(n)]
+        units = parse_units([f"{layer}:*"], model, image_size)
+        out += [str(u) for u in units[:max_per_layer]]
     return out
 
 

@@ -37,6 +37,7 @@ from lightning_fv.ifv.gradifv import grad_ifv, gradient_residual
 from lightning_fv.ifv.hoyer import sample_targets
 from lightning_fv.ifv.jacobian import feature_jacobian, jacobian_gram
 from lightning_fv.optvis.hooks import capture, preserved_state
+from lightning_fv.optvis.layout import features
 from lightning_fv.optvis.objectives import OUTPUT, cosine_power
 from lightning_fv.optvis.param import ImageParam
 from lightning_fv.optvis.render import render
@@ -212,7 +213,7 @@ def run_ifv(
         with capture(model, layers) as acts:
             out = model(normalize(probe) if normalize is not None else probe)
             act = out if layer == OUTPUT else acts[layer]
-        n_f = act.shape[1]
+        n_f = act.shape[1] if layer == OUTPUT else features(acts, layer).shape[1]
     if targets is None:
         targets, sparsity = sample_targets(n_targets, n_f, gen, n_canonical=n_canonical)
     else:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_fv.optvis.hooks import record
+from lightning_fv.optvis.layout import Layout, channels_first
 
 
 def image_correlation(a: Tensor, b: Tensor) -> Tensor:
@@ -49,8 +50,8 @@ def texture_descriptors(model: nn.Module, images: Tensor,
     """Per-image texture statistics ``(N, D)``: the spatial mean and standard deviation of
     every channel of ``layers`` (Gatys-style first and second moments, as in AdaIN), in
     float64. Position-free, so two renders of one texture at different phases match."""
-    def moments(a: Tensor) -> Tensor:
-        f = a.double().flatten(2)
+    def moments(a: Tensor, layout: Layout) -> Tensor:
+        f = channels_first(a, layout).double().flatten(2)
         return torch.cat([f.mean(2), f.std(2, unbiased=False)], 1)
 
     acts = record(model, list(layers), images, batch_size=batch_size, reduce=moments,
