@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -32,9 +33,10 @@ from lightning_fv.models.registry import ASSETS, BUNDLED, save_small_cnn
 from lightning_fv.models.vit import TinyViT, tiny_vit_config
 from lightning_fv.modules.classifier import ImageClassifier
 from lightning_fv.utils.checkpoint import save_tensors
+from lightning_fv.utils.files import next_version_dir
 
 
-def train_cnn(dataset: str, epochs: int | None) -> None:
+def train_cnn(dataset: str, epochs: int | None, out_dir: Path) -> None:
     """The bundled SmallCNN of ``dataset`` (``"photo_patches"`` or ``"digits"``)."""
     if dataset == "photo_patches":
         dm = PhotoPatchesDataModule(batch_size=64, n_train_per_class=400, n_val_per_class=80)
@@ -50,8 +52,7 @@ def train_cnn(dataset: str, epochs: int | None) -> None:
     trainer.fit(module, datamodule=dm)
     val = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/acc"]
     minutes = (time.time() - t0) / 60
-    out = ASSETS / f"{BUNDLED[dataset]}.safetensors"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{BUNDLED[dataset]}.safetensors"
     save_small_cnn(net.eval(), out, extra={
         "val_acc": round(float(val), 4), "dataset": dataset, "input_size": [3, size, size],
         "classes": list(dm.classes), "epochs": epochs, "train_minutes": round(minutes, 1),
@@ -78,7 +79,7 @@ def _accuracy(model: torch.nn.Module, x: Tensor, y: Tensor, batch: int = 256) ->
     return hits / len(x)
 
 
-def train_vit(epochs: int | None, n_train_per_class: int = 800, batch: int = 128,
+def train_vit(epochs: int | None, out_dir: Path, n_train_per_class: int = 800, batch: int = 128,
               lr: float = 2e-3, weight_decay: float = 0.05) -> None:
     """The bundled tiny ViT on the photo patches (64 px), a plain AdamW loop on the CPU."""
     epochs = epochs or 12
@@ -112,7 +113,7 @@ def train_vit(epochs: int | None, n_train_per_class: int = 800, batch: int = 128
               flush=True)
     val = _accuracy(net, xva, yva)
     minutes = (time.time() - t0) / 60
-    out = ASSETS / f"{BUNDLED['photo_patches_vit']}.safetensors"
+    out = out_dir / f"{BUNDLED['photo_patches_vit']}.safetensors"
     meta = {"config": tiny_vit_config(net), "arch": "tiny_vit", "val_acc": round(val, 4),
             "dataset": "photo_patches", "input_size": [3, 64, 64],
             "classes": list(PhotoPatchesDataModule.classes), "epochs": epochs,
@@ -128,16 +129,21 @@ def main() -> None:
     ap.add_argument("--dataset", choices=["digits", "photo_patches"], default="photo_patches")
     ap.add_argument("--arch", choices=["cnn", "vit"], default="cnn")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--install", action="store_true",
+                    help="write into lightning_fv/assets, replacing the bundled checkpoint "
+                         "(default: a fresh outputs/train_bundled/version_N)")
     args = ap.parse_args()
+    out_dir = ASSETS if args.install else next_version_dir("outputs/train_bundled")
+    print(f"writing to {out_dir}", flush=True)
     L.seed_everything(0, workers=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.arch == "vit":
         if args.dataset != "photo_patches":
             raise SystemExit(f"--arch vit is trained on photo_patches only, got "
                              f"--dataset {args.dataset}")
-        train_vit(args.epochs)
+        train_vit(args.epochs, out_dir)
     else:
-        train_cnn(args.dataset, args.epochs)
+        train_cnn(args.dataset, args.epochs, out_dir)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -34,4 +36,6 @@ def tiny_net() -> TinyNet:
 
 @pytest.fixture(autouse=True, scope="session")
 def _threads() -> None:
-    torch.set_num_threads(2)
+    # two threads (the CI machine's cores) unless OMP_NUM_THREADS asks for fewer: on a shared
+    # machine, and under mutmut, whose forked workers hang in a multi-threaded torch
+    torch.set_num_threads(min(2, int(os.environ.get("OMP_NUM_THREADS", "2"))))

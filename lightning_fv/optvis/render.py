@@ -321,7 +321,7 @@ def render(
                 rec_imgs.append(img.detach().float().cpu().clone())
                 rec_vals.append(vals.detach().cpu())
                 if record_grads:
-                    rec_grads.append(img.grad.detach().float().cpu())
+                    rec_grads.append(-img.grad.detach().float().cpu())  # d objective / d image
             opt.step()
             if report is not None:
                 report(step, total)

@@ -103,6 +103,12 @@ def test_restarts_never_lower_the_success_rate(tiny_net):
                generator=torch.Generator().manual_seed(1))
     s1, s5 = attack_success(tiny_net, one, y), attack_success(tiny_net, five, y)
     assert (s5 | ~s1).all()  # the first restart is the single run: successes are kept
+    with torch.no_grad():
+        tiny_net.eval()
+        loss1 = torch.nn.functional.cross_entropy(tiny_net(one), y, reduction="none")
+        loss5 = torch.nn.functional.cross_entropy(tiny_net(five), y, reduction="none")
+    # where no restart succeeds, the kept one has the highest loss, at least the first's
+    assert (loss5[~s5] >= loss1[~s5] - 1e-6).all() and (loss5[~s5] > loss1[~s5] + 1e-4).any()
 
 
 def test_attack_works_inside_inference_mode(tiny_net):

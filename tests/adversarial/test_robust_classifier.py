@@ -159,12 +159,31 @@ def test_two_process_ddp_gloo_run_keeps_replicas_identical(tmp_path):
     assert 0 <= r0["metrics"]["val/robust_acc"] <= 1
 
 
-def test_yaml_config_fits_through_the_cli(tmp_path):
+def test_yaml_config_fits_through_the_cli(tmp_path, monkeypatch):
+    import lightning.pytorch as pl
+    import yaml
+
     from lightning_fv.cli import main
 
+    seen = {}
+    fit = pl.Trainer.fit
+
+    def spy(trainer, *args, **kwargs):
+        seen["trainer"] = trainer
+        return fit(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "fit", spy)
     cfg = ROOT / "examples" / "configs" / "robust_photo_patches.yaml"
     main(["fit", "--config", str(cfg), "--trainer.fast_dev_run=1",
           "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}",
           "--data.init_args.batch_size=4", "--data.init_args.n_train_per_class=1",
           "--data.init_args.n_val_per_class=1", "--model.init_args.steps=1",
           "--model.init_args.step_size=0.5"])
+    trainer = seen["trainer"]
+    assert trainer.state.finished and trainer.global_step == 1
+    module = trainer.lightning_module
+    assert isinstance(module, RobustClassifier)
+    model_cfg = yaml.safe_load(cfg.read_text())["model"]["init_args"]
+    assert module.attack.eps == pytest.approx(float(model_cfg["eps"]))
+    assert module.attack.norm == model_cfg["norm"]
+    assert module.attack.steps == 1 and module.attack.step_size == pytest.approx(0.5)

@@ -45,7 +45,39 @@ def test_gpu_options_match_eager_and_restore_weights(net, option, monkeypatch):
     assert all(not m._forward_hooks for m in net.modules())
 
 
-def test_memory_probe_sizes_chunks_to_the_budget(net):
+def _peak_bytes(fn) -> tuple[int, object]:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base, out
+
+
+def test_memory_probe_sizes_chunks_to_the_budget(net, monkeypatch):
+    import lightning_fv.optvis.render as render_module
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     units = [f"block4:{i}" for i in range(32)]
-    res = render_units(net, units, thresholds=(2,), image_size=64, max_memory_gb=0.05)
-    assert res.final.shape == (32, 3, 64, 64)
+    kw = dict(thresholds=(2,), image_size=64)
+    # the memory of one image, measured here apart from the probe: the whole sweep in one
+    # batch against one image at a time
+    p_all, ref = _peak_bytes(lambda: render_units(net, units, chunk_size=None, **kw))
+    p_one, _ = _peak_bytes(lambda: render_units(net, units[:1], chunk_size=None, **kw))
+    per_image = (p_all - p_one) / 31
+    assert per_image > 0
+    budget = p_one + 6 * per_image  # room for about 6 images per chunk
+    batches: list[int] = []
+    real_render = render_module.render
+
+    def counting_render(*args, **kwargs):
+        if tuple(kwargs.get("thresholds", ())) == (2,):  # the sweep, not the probes
+            batches.append(int(kwargs["batch"]))
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(render_module, "render", counting_render)
+    peak, res = _peak_bytes(lambda: render_units(net, units, max_memory_gb=budget / 2**30, **kw))
+    assert sum(batches) == 32 and 4 <= max(batches) <= 8, batches
+    assert peak <= 1.1 * budget < p_all  # the budget is kept, and it mattered
+    assert (res.final - ref.final).abs().max() < 1e-4  # chunking changes no image

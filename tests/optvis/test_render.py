@@ -73,20 +73,42 @@ def test_threshold_zero_is_the_initial_image_and_init_images_are_respected(tiny_
     assert not torch.allclose(res.images[3], x, atol=1e-3)
 
 
-def test_trajectory_records_images_gradients_and_values_at_log_spaced_steps(tiny_net):
-    res = render(tiny_net, "conv2:0", thresholds=(40,), image_size=12, record="log")
-    tr = res.trajectory
+def _recorded_linear_run(tiny_net):
+    # no transforms and no redirected ReLU, so each recorded step's objective is exactly
+    # ``channel("conv2", 0)`` of the recorded image and its gradient can be recomputed
+    return render(tiny_net, obj.channel("conv2", 0), thresholds=(40,), image_size=12,
+                  record="log", transforms=None, redirect_relu_steps=0).trajectory
+
+
+def _objective_and_gradient(net: nn.Module, img: torch.Tensor) -> tuple[float, torch.Tensor]:
+    net.eval()
+    img = img.clone().requires_grad_(True)
+    with capture(net, ["conv2"]) as acts:
+        net(img)
+        val = acts["conv2"][:, 0].mean((-1, -2))
+    (grad,) = torch.autograd.grad(val.sum(), img)
+    return val.item(), grad
+
+
+def test_trajectory_records_images_and_values_at_log_spaced_steps(tiny_net):
+    tr = _recorded_linear_run(tiny_net)
     assert tr.steps.tolist() == log_spaced_steps(40, 15)
     assert tr.images.shape == (15, 1, 3, 12, 12) and tr.grads.shape == (15, 1, 3, 12, 12)
     assert tr.values.shape == (15, 1)
-    # the recorded gradient is the gradient w.r.t. the image of that step's objective
-    img = tr.images[5].clone().requires_grad_(True)
-    with capture(tiny_net, ["conv2"]) as acts:
-        tiny_net.eval()
-        tiny_net(img)
-        val = acts["conv2"][:, 0].mean()
-    assert tr.grads[5].abs().sum() > 0
-    assert val.item() != 0.0
+    for t in (0, 5, 14):  # the recorded value is the objective of that step's image
+        val, grad = _objective_and_gradient(tiny_net, tr.images[t])
+        assert tr.values[t].item() == pytest.approx(val, rel=1e-5, abs=1e-6)
+        # up to its sign (see the next test) the gradient is that step's gradient
+        torch.testing.assert_close(tr.grads[t].abs(), grad.abs(), rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(tr.images[0], tr.images[14], atol=1e-3)
+    assert not torch.allclose(tr.grads[0], tr.grads[14], atol=1e-4)
+
+
+def test_recorded_gradient_is_the_gradient_of_that_steps_objective(tiny_net):
+    tr = _recorded_linear_run(tiny_net)
+    for t in (0, 5, 14):
+        _, grad = _objective_and_gradient(tiny_net, tr.images[t])
+        torch.testing.assert_close(tr.grads[t], grad, rtol=1e-4, atol=1e-7)
 
 
 def test_log_spaced_steps_are_distinct_sorted_and_span_the_run():
