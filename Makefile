@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-docs test-gpu lint bench clean clean-outputs miniatures \
+.PHONY: demo test test-slow test-all test-docs test-gpu lint bench clean clean-outputs mutation miniatures \
 	miniature-sanity miniature-manipulation miniature-ifv miniature-robust miniature-invariant
 
 $(STAMP): pyproject.toml
@@ -23,6 +23,17 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --timeout=3600
+
+# every CPU test: the fast suite and the slow one (DDP equality, torch.compile, full
+# ResNets, the documented commands at full size); GPU tests need `make test-gpu`
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu" --timeout=7200
+
+# mutation testing of the formula modules (mutmut, one module at a time; minutes each,
+# scores in docs/testing.md). Forked torch workers need one thread.
+mutation: $(STAMP)
+	$(PY) -m pip install -q "mutmut==3.8.1"
+	OMP_NUM_THREADS=1 $(PY) scripts/mutation.py
 
 # every command line of README.md and docs/*.md, as written, at full size (slow; the
 # reduced-size runs are part of `make test`)

@@ -64,9 +64,11 @@ COVERAGE: dict[str, list[str] | str] = {
     "make miniatures": "not run: the five miniature-* targets above, each run on its own",
     "python scripts/train_bundled.py --dataset photo_patches": SLOW,
     "python scripts/train_bundled.py --dataset digits": SLOW,
+    "python scripts/train_bundled.py --dataset photo_patches --arch vit": SLOW,
     "make clean": [],
     "make clean-outputs": [],
     "make test-slow": "not run: the slow test suite itself (it runs this file's slow cases)",
+    "make test-all": "not run: make test and make test-slow together",
     "make test-gpu": "not run: needs a CUDA device",
     "make lint": SLOW,
     # docs/diffusion.md
