@@ -5,7 +5,13 @@ from lightning_fv.data.datamodules import (
     PhotoPatchesDataModule,
     TorchvisionDataModule,
 )
-from lightning_fv.data.embedded import PHOTO_CLASSES, digits, load_photos, photo_patches
+from lightning_fv.data.embedded import (
+    PHOTO_CLASSES,
+    digits,
+    load_photos,
+    photo_patches,
+    photo_patches_shifted,
+)
 from lightning_fv.data.trajectories import (
     TrajectoryDataModule,
     augment_like_rendering,
@@ -25,6 +31,7 @@ __all__ = [
     "load_photos",
     "layer_units",
     "photo_patches",
+    "photo_patches_shifted",
     "render_trajectories",
     "split_units",
 ]

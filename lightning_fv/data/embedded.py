@@ -5,6 +5,9 @@
   resized to a short side of ``resize`` pixels and cut into a 4×4 grid of cells; four
   cells (one per row and column) are validation cells, the others training cells, and a
   crop always lies inside one cell, so training and validation pixels never overlap.
+- Shifted photo patches (:func:`photo_patches_shifted`): an ImageNet-V2-like out-of-
+  distribution set for `dont-trust-your-eyes…` App. E — the same ten classes from the same
+  photos' validation cells, under a mild shift of scale and colour.
 - Digits: ``sklearn.datasets.load_digits`` (8×8, 16 grey levels), upsampled bilinearly to
   ``size`` and repeated to 3 channels.
 
@@ -100,6 +103,79 @@ def photo_patches(
             if split == "train" and bool(torch.rand(1, generator=g) < 0.5):
                 crop = crop.flip(-1)
             xs.append(crop)
+            ys.append(label)
+    return torch.stack(xs).contiguous(), torch.tensor(ys, dtype=torch.long)
+
+
+def photo_patches_shifted(
+    n_per_class: int = 60,
+    size: int = 64,
+    resize: int = 256,
+    seed: int = 0,
+    scale: tuple[float, float] = (0.75, 0.95),
+    brightness: float = 0.15,
+    contrast: float = 0.15,
+    saturation: float = 0.15,
+    photos: list[Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Photo patches under a mild distribution shift, like ImageNet-V2 for ImageNet (App. E):
+    the same classes, other samples, no new content.
+
+    Each crop covers ``s·size`` pixels (``s`` uniform in ``scale``; below 1 = zoomed in
+    by ``1/s``, with the softness of upsampling) of a *validation* cell of its photo, is
+    resized (bilinear, antialiased) to ``size``, and its
+    colours are jittered: brightness ``·(1 ± brightness)``, contrast about the crop's mean
+    ``·(1 ± contrast)``, saturation about its grey value ``·(1 ± saturation)`` (each factor
+    uniform), then clipped to [0, 1]. Training cells are never used, so a model trained on
+    :func:`photo_patches` ``"train"`` has not seen these pixels.
+
+    Args:
+        n_per_class: crops per photo.
+        size: output side in pixels.
+        resize: short side the photos are resized to (as :func:`photo_patches`).
+        seed: seed of the crops and jitter.
+        scale: range of the crop side relative to ``size`` (``1`` = the same scale as
+            :func:`photo_patches`).
+        brightness, contrast, saturation: jitter amplitudes in [0, 1).
+
+    Returns:
+        ``(N, 3, size, size)`` images in [0, 1] and ``(N,)`` labels (the photo index).
+    """
+    lo, hi = scale
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi, got {scale!r}")
+    for name, v in (("brightness", brightness), ("contrast", contrast),
+                    ("saturation", saturation)):
+        if not 0 <= v < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+    photos = load_photos(resize) if photos is None else photos
+    g = torch.Generator().manual_seed(1000 + seed)
+
+    def u(a: float, b: float) -> float:
+        return a + (b - a) * float(torch.rand(1, generator=g))
+
+    xs, ys = [], []
+    for label, img in enumerate(photos):
+        h, w = img.shape[-2:]
+        ch, cw = h // 4, w // 4
+        cells = sorted(_VAL_CELLS)
+        for _ in range(n_per_class):
+            side = int(round(u(lo, hi) * size))
+            if side > min(ch, cw):
+                raise ValueError(f"crop side {side} (scale {scale} × size {size}) exceeds the "
+                                 f"grid cell {(ch, cw)}; raise resize or lower scale")
+            i, j = cells[int(torch.randint(len(cells), (1,), generator=g))]
+            r = i * ch + int(torch.randint(ch - side + 1, (1,), generator=g))
+            c = j * cw + int(torch.randint(cw - side + 1, (1,), generator=g))
+            crop = img[None, :, r:r + side, c:c + side]
+            if side != size:
+                crop = F.interpolate(crop, size=(size, size), mode="bilinear",
+                                     align_corners=False, antialias=True)
+            crop = crop[0] * u(1 - brightness, 1 + brightness)
+            crop = crop.mean() + (crop - crop.mean()) * u(1 - contrast, 1 + contrast)
+            grey = crop.mean(0, keepdim=True)
+            crop = grey + (crop - grey) * u(1 - saturation, 1 + saturation)
+            xs.append(crop.clamp(0, 1))
             ys.append(label)
     return torch.stack(xs).contiguous(), torch.tensor(ys, dtype=torch.long)
 

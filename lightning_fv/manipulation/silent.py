@@ -16,8 +16,10 @@ Bias (per output channel ``c``), from natural images ``X``:
   Conv(x, Θ̄_c)``. Then ``Conv(x, Θ̄) + b ≤ 0`` on every image of ``X``, so ``ȳ = y`` bit for bit
   on them. (The paper writes ``b = −(α/β)·ȳ_max,nat``; like the authors' released notebook we
   subtract the maximum of the constructed filter's own natural response, which is what makes
-  the guarantee hold; ``margin`` absorbs the last-bit differences between batched
-  convolutions.)
+  the guarantee hold — the printed rule ties ``b`` to ``y``'s natural maximum, not to that of
+  ``Conv(x, Θ̄)``, and opened ``Δy`` on every natural image when tried; ``margin`` absorbs
+  the last-bit differences between batched convolutions.) The guarantee covers the images
+  ``X`` only; held-out images can exceed the maximum (:func:`natural_change` measures it).
 - ``"percentile"`` (App. D, robust models): ``b_c = −q``-th percentile (default 99) of the
   per-image maxima of ``Conv(x, Θ̄_c)``; some natural images then activate ``Δy`` and the
   change is measured by :func:`natural_change`.
@@ -243,7 +245,7 @@ def silence_block(
     model: nn.Module,
     layer: str,
     natural: Tensor,
-    pattern: Tensor | None = None,
+    pattern: Tensor | str | None = "visualization",
     alpha: float = 100.0,
     beta: float = 300.0,
     bias: str = "max",
@@ -252,6 +254,9 @@ def silence_block(
     units: Sequence[int] | None = None,
     batch_size: int = 256,
     inplace: bool = False,
+    pattern_unit: int = 0,
+    pattern_steps: int = 512,
+    pattern_seed: int = 0,
 ) -> nn.Module:
     """Replace the conv block ``layer`` by its silent-unit version (Eq. 2).
 
@@ -259,25 +264,42 @@ def silence_block(
         model: the original model (copied unless ``inplace``).
         layer: a ConvBlock name (``"block3"``) or a conv name (``"layer4.1.conv2"``).
         natural: ``(N, 3, H, W)`` natural images that set ``b``.
-        pattern: target pattern for ``ΔΘ⊥``: ``(C_in, kh, kw)`` shared by all units (whole
-            layer near-identical, Fig. 5) or ``(C_out, C_in, kh, kw)``; default a random
-            Gaussian pattern (seed 0). See :func:`pattern_from_unit`,
-            :func:`pattern_from_image`. Units whose filter is parallel to the pattern get
-            ``ΔΘ⊥ = 0``.
+        pattern: target pattern for ``ΔΘ⊥``. Default ``"visualization"``, the authors'
+            recipe: render unit ``pattern_unit`` of ``layer`` for ``pattern_steps`` steps
+            (``render_units``, default ``"lucid"`` preset, as the notebook's lucent fork
+            renders its target with a 16-step ReLU warm-up) at the natural images' size and
+            take the filter that image activates most (:func:`pattern_from_image`). A tensor
+            ``(C_in, kh, kw)`` is shared by all units (whole layer near-identical, Fig. 5),
+            ``(C_out, C_in, kh, kw)`` gives one per unit; ``"random"`` (or ``None``) is a
+            random Gaussian pattern (seed 0, :func:`random_pattern`). Units whose filter is
+            parallel to the pattern get ``ΔΘ⊥ = 0``.
         alpha, beta: ``Θ̄ = αΘ + βΔΘ⊥`` (``ΔΘ⊥`` has the norm of ``Θ`` per unit); ``Θ`` is the
-            BN-folded filter (:func:`effective_filter`). ``β/α`` sets the balance of the
-            two directions once ``Δy`` is on (the authors' notebook uses 3); the overall
-            scale (their "weight factor" 100) does not change *when* ``Δy`` switches on
-            (``b`` scales with it) but makes ``Δy`` dominate the gradient once it has.
+            BN-folded filter (:func:`effective_filter`). The defaults are the notebook's:
+            ``weight_factor=100`` (α) and ``lbd=3`` (β = 3α = 300). ``β/α`` sets the balance
+            of the two directions once ``Δy`` is on; the overall scale does not change *when*
+            ``Δy`` switches on (``b`` scales with it) but makes ``Δy`` dominate the gradient
+            once it has. (The notebook rescales ``ΔΘ⊥`` to norm ``‖Θ‖²/‖ΔΘ⊥‖`` and ``Θ̄`` to
+            ``‖Θ‖²/‖Θ̄‖`` before the factor 100, so its ``lbd`` equals our ``β/α`` only for
+            unit-norm filters; our miniature uses β/α = 10.)
         bias: ``"max"`` (§2.2) or ``"percentile"`` (App. D).
         percentile: the percentile for ``bias="percentile"``.
         margin: relative safety margin of ``bias="max"``.
         units: manipulate only these output channels (others get ``Θ̄ = 0``, ``b = −1``).
         batch_size: batch size for the natural activations.
         inplace: modify ``model`` itself.
+        pattern_unit, pattern_steps, pattern_seed: the rendered target of
+            ``pattern="visualization"`` (the notebook renders unit 0 for 2000 steps; 512 is
+            C.2's step count).
 
     Returns:
         The manipulated model, same layer names.
+
+    Bias rule (``bias="max"``): ``b_c = −max_{natural} Conv(x, Θ̄_c)``, the released notebook's
+    rule, not the printed Eq. 2 ``b = −(α/β)·ȳ_max,nat``: with the printed rule, ``b`` is a
+    fraction of ``y``'s natural maximum and not tied to the response of the new filter ``Θ̄``
+    (which is ``≈ α`` times larger), so ``Δy`` opened on every natural image when tried. Only
+    the images in ``natural`` are guaranteed bit-identical; measure held-out images with
+    :func:`natural_change`.
     """
     if bias not in ("max", "percentile"):
         raise ValueError(f"bias must be 'max' or 'percentile', got {bias!r}")
@@ -287,8 +309,20 @@ def silence_block(
     conv_name, bn_name = _resolve(net, layer)
     conv: nn.Conv2d = get_layer(net, conv_name)  # type: ignore[assignment]
     bn = get_layer(net, bn_name)
-    if pattern is None:
+    if pattern is None or (isinstance(pattern, str) and pattern == "random"):
         pattern = random_pattern(conv)
+    elif isinstance(pattern, str):
+        if pattern != "visualization":
+            raise ValueError(f"pattern must be a tensor, 'visualization' or 'random', "
+                             f"got {pattern!r}")
+        if pattern_steps < 1:
+            raise ValueError(f"pattern_steps must be >= 1, got {pattern_steps}")
+        from lightning_fv.optvis.render import render_units
+
+        target = render_units(model, [f"{layer}:{pattern_unit}"], seed=pattern_seed,
+                              thresholds=(pattern_steps,),
+                              image_size=tuple(natural.shape[-2:])).final[0]
+        pattern = pattern_from_image(net, conv_name, target)
     theta = effective_filter(conv, bn)
     perp = orthogonal_perturbation(theta, pattern.to(theta), on_parallel="zero")
     theta_bar = alpha * theta + beta * perp

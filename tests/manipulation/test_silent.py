@@ -58,7 +58,7 @@ def test_max_bias_keeps_natural_outputs_exactly_and_accuracy_unchanged(net: Smal
 
 def test_silent_units_switch_on_for_strong_activations(net: SmallCNN) -> None:
     natural = _data(32, 1)
-    silent = silence_block(net, "block1", natural, alpha=1.0, beta=4.0)
+    silent = silence_block(net, "block1", natural, pattern="random", alpha=1.0, beta=4.0)
     strong = torch.rand(4, 3, 16, 16) * 40 - 20  # far outside natural images
     with torch.no_grad():
         assert not torch.equal(silent.block1(strong), net.block1(strong))
@@ -66,8 +66,8 @@ def test_silent_units_switch_on_for_strong_activations(net: SmallCNN) -> None:
 
 def test_percentile_bias_reports_the_change(net: SmallCNN) -> None:
     natural = _data(100, 1)
-    silent = silence_block(net, "block3", natural, alpha=1.0, beta=4.0, bias="percentile",
-                           percentile=90)
+    silent = silence_block(net, "block3", natural, pattern="random", alpha=1.0, beta=4.0,
+                           bias="percentile", percentile=90)
     change = natural_change(silent, natural)
     assert 0.0 < change["block3.conv/active_fraction"] <= 0.2
     assert change["block3.conv/max_delta"] > 0
@@ -82,11 +82,11 @@ def test_torchvision_resnet_blocks_keep_natural_outputs_and_refuse_the_last_conv
                            (Bottleneck(16, 4), ["conv1", "conv2"], "conv3")):
         model = torch.nn.Sequential(block).eval()
         for name in ok:
-            silent = silence_block(model, f"0.{name}", x)
+            silent = silence_block(model, f"0.{name}", x, pattern="random")
             with torch.no_grad():
                 assert torch.equal(silent(x), model(x))
         with pytest.raises(ValueError, match="residual"):
-            silence_block(model, f"0.{bad}", x)
+            silence_block(model, f"0.{bad}", x, pattern="random")
 
 
 @pytest.mark.slow
@@ -100,11 +100,11 @@ def test_full_torchvision_and_timm_resnets() -> None:
         (timm.create_model("resnet18", num_classes=4), "layer1.1.conv1", "layer1.1.conv2"),
     ):
         model.eval()
-        silent = silence_block(model, ok, x)
+        silent = silence_block(model, ok, x, pattern="random")
         with torch.no_grad():
             assert torch.equal(silent(x), model(x))
         with pytest.raises(ValueError, match="residual"):
-            silence_block(model, bad, x)
+            silence_block(model, bad, x, pattern="random")
 
 
 def test_bad_layer_and_bias_are_named(net: SmallCNN) -> None:
@@ -116,7 +116,7 @@ def test_bad_layer_and_bias_are_named(net: SmallCNN) -> None:
 
 def test_silent_model_saves_and_reloads(net: SmallCNN, tmp_path) -> None:
     x = _data(16, 1)
-    silent = silence_block(net, "block2", x, beta=3.0)
+    silent = silence_block(net, "block2", x, pattern="random", beta=3.0)
     again = load_manipulated(net, save_manipulated(silent, tmp_path / "s.safetensors"))
     strong = torch.rand(4, 3, 16, 16) * 40 - 20
     with torch.no_grad():
@@ -162,7 +162,7 @@ def test_original_branch_relu_is_a_module_and_delta_is_not_redirected(net: Small
     from lightning_fv.optvis.relu import redirect_relus
 
     natural = _data(32, 1)
-    silent = silence_block(net, "block2", natural)
+    silent = silence_block(net, "block2", natural, pattern="random")
     mod = silent.block2.conv
     assert isinstance(mod.relu, torch.nn.ReLU)
     inp = conv_inputs(net, "block2.conv", natural)[0].requires_grad_(True)
@@ -175,3 +175,46 @@ def test_original_branch_relu_is_a_module_and_delta_is_not_redirected(net: Small
     with redirect_relus(silent):
         mod.original(inp2).square().sum().backward()
     assert torch.equal(g_full, inp2.grad)  # no gradient through the closed Δy branch
+
+
+def test_default_pattern_is_the_rendered_target_with_the_notebooks_alpha_and_beta(
+        net: SmallCNN) -> None:
+    """Defaults = the authors' recipe: pattern from a visualization of unit 0 of the layer
+    (``pattern_from_image``), α = 100 (weight factor), β = 300 (lbd 3 × 100)."""
+    import inspect
+
+    from lightning_fv.manipulation import pattern_from_image
+    from lightning_fv.manipulation.silent import effective_filter
+    from lightning_fv.optvis.render import render_units
+
+    params = inspect.signature(silence_block).parameters
+    assert (params["pattern"].default, params["alpha"].default, params["beta"].default,
+            params["pattern_unit"].default, params["pattern_steps"].default) == (
+        "visualization", 100.0, 300.0, 0, 512)
+    natural = _data(16, 1)
+    silent = silence_block(net, "block3", natural, pattern_steps=3)
+    target = render_units(net, ["block3:0"], thresholds=(3,), image_size=(16, 16)).final[0]
+    pat = pattern_from_image(net, "block3.conv", target)
+    perp = orthogonal_perturbation(effective_filter(net.block3.conv, net.block3.bn), pat,
+                                   on_parallel="zero")
+    theta = effective_filter(net.block3.conv, net.block3.bn)
+    torch.testing.assert_close(silent.block3.conv.delta.weight, 100.0 * theta + 300.0 * perp)
+    random = silence_block(net, "block3", natural, pattern="random")
+    assert not torch.allclose(random.block3.conv.delta.weight, silent.block3.conv.delta.weight)
+    with pytest.raises(ValueError, match="'stripes'"):
+        silence_block(net, "block3", natural, pattern="stripes")
+
+
+def test_max_bias_is_exact_on_its_images_and_held_out_change_is_measured(net: SmallCNN
+                                                                         ) -> None:
+    """Bit identity is guaranteed only on the images that set the bias; on held-out images
+    ``natural_change`` reports the fraction where ``Δy`` opened, and the outputs are
+    bit-identical exactly when that fraction is 0."""
+    natural, held_out = _data(8, 1), _data(64, 2)
+    silent = silence_block(net, "block3", natural, pattern_steps=3)
+    with torch.no_grad():
+        assert torch.equal(silent(natural), net(natural))
+        same = (silent(held_out) == net(held_out)).all(1)
+    frac = natural_change(silent, held_out)["block3.conv/active_fraction"]
+    assert 0.0 < frac < 1.0  # 8 images set the bias: some of 64 new ones exceed it
+    assert frac == pytest.approx(1.0 - float(same.float().mean()))

@@ -1,0 +1,255 @@
+"""The paper-scale configs (`examples/configs/paper_*.yaml`) run end to end with random
+weights at a tiny size: sizes, steps and paths are overridden on the command line, every
+other value (the paper's settings) is read from the file. A config that breaks here would
+break the day a user points it at real weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from lightning_fv.cli import main, run_lightning_cli
+from lightning_fv.models import build_model
+
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+
+
+def _config(name: str) -> dict:
+    return yaml.safe_load((CONFIGS / name).read_text())
+
+
+def _save_png(img: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(arr).save(path)
+
+
+def _images(n: int, size: int, seed: int) -> torch.Tensor:
+    """Smooth random images (low-resolution noise upsampled), [0, 1] RGB ``(n, 3, s, s)``."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g)
+    return nn.functional.interpolate(low, size=(size, size), mode="bilinear",
+                                     align_corners=False)
+
+
+def _labelled_imagefolder(root: Path, model: nn.Module, size: int, n: int,
+                          mean: list[float], std: list[float]) -> None:
+    """``root/{train,val}/class_{c}/*.png`` whose labels are ``model``'s own top-1 predictions
+    on the PNGs as loaded (so no image is excluded as misclassified, C.3); ``model.fc``'s
+    bias is shifted so that its two classes split the images in half."""
+    x = _images(n, size, seed=1)
+    tmp = root / "_tmp"
+    for i, img in enumerate(x):
+        _save_png(img, tmp / f"{i:03d}.png")
+    import numpy as np
+    from PIL import Image
+
+    loaded = torch.stack([torch.from_numpy(np.asarray(Image.open(tmp / f"{i:03d}.png"),
+                                                      dtype=np.float32) / 255.0).permute(2, 0, 1)
+                          for i in range(n)])
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = model.eval()((loaded - m) / s)
+        d = logits[:, 1] - logits[:, 0]
+        ds = d.sort().values
+        shift = (ds[n // 2 - 1] + ds[n // 2]) / 2  # half the images on each side
+        model.fc.bias[1] -= shift
+        pred = model((loaded - m) / s).argmax(1)
+    assert set(pred.tolist()) == {0, 1}
+    for split in ("train", "val"):
+        for c in range(model.fc.out_features):
+            (root / split / f"class_{c:04d}").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / split / f"class_{int(pred[i]):04d}" / f"{i:03d}.png").write_bytes(
+                (tmp / f"{i:03d}.png").read_bytes())
+
+
+def _audit_report(out: Path) -> dict:
+    (report,) = out.glob("version_*/report.json")
+    return json.loads(report.read_text())
+
+
+@pytest.mark.parametrize(("config", "arch", "layers"), [
+    ("paper_sanity_resnet50.yaml", "resnet50",
+     '["conv1", "layer1.0", "layer2.0", "layer3.0", "layer4.2", "avgpool", "fc"]'),
+    ("paper_sanity_googlenet.yaml", "googlenet",
+     '["conv1", "inception3a", "inception4c", "inception5b", "avgpool", "fc"]'),
+])
+def test_paper_sanity_configs_run_the_sanity_check_from_an_imagefolder(
+        tmp_path: Path, config: str, arch: str, layers: str) -> None:
+    cfg = _config(config)
+    assert (cfg["steps"], cfg["preset"], cfg["visualizations_per_class"], cfg["strides"],
+            cfg["metric"], cfg["max_images"]) == (512, "lucent", 10, [10, 100, 5], "spearman",
+                                                  500)
+    torch.manual_seed(0)
+    model = build_model(f"torchvision:{arch}", num_classes=2, **(
+        {"init_weights": False} if arch == "googlenet" else {}))
+    _labelled_imagefolder(tmp_path / "data", model, 32, 8, cfg["mean"], cfg["std"])
+    ckpt = tmp_path / "weights.pth"
+    torch.save(model.state_dict(), ckpt)  # a plain state dict, like torchvision's files
+    out = tmp_path / "out"
+    main(["audit", "--config", str(CONFIGS / config), "--checkpoint_path", str(ckpt),
+          "--num_classes", "2", "--datamodule.init_args.root", str(tmp_path / "data"),
+          "--datamodule.init_args.image_size", "32", "--datamodule.init_args.num_workers", "0",
+          "--datamodule.init_args.batch_size", "8",
+          "--steps", "2", "--visualizations_per_class", "1", "--strides", "[1, 1, 1]",
+          "--sanity_layers", layers, "--device", "cpu", "--progress", "false",
+          "--output_dir", str(out)])
+    rep = _audit_report(out)
+    sanity = rep["sections"]["sanity"]
+    assert sanity["status"] == "ok", sanity.get("error")
+    n_layers = len(json.loads(layers))
+    assert sum(k.startswith("normalized/") for k in sanity["numbers"]) == n_layers
+
+
+def test_paper_detector_config_trains_on_trajectories_with_c1_settings(tmp_path: Path) -> None:
+    cfg = _config("paper_detector_googlenet.yaml")
+    data = cfg["data"]["init_args"]
+    assert (data["trajectories_per_unit"], data["steps"], data["n_log_steps"],
+            data["test_fraction"], data["units"]) == (35, 512, 15, 0.1, ["fc:0-999"])
+    assert (cfg["model"]["init_args"]["lr"], cfg["trainer"]["max_epochs"]) == (0.01, 8)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "googlenet.pth"
+    torch.save(build_model("torchvision:googlenet", init_weights=False).state_dict(), ckpt)
+    cli = run_lightning_cli([
+        "fit", "--config", str(CONFIGS / "paper_detector_googlenet.yaml"),
+        "--data.init_args.checkpoint_path", str(ckpt),
+        "--data.init_args.units", '["fc:0-3"]', "--data.init_args.image_size", "32",
+        "--data.init_args.trajectories_per_unit", "1", "--data.init_args.steps", "4",
+        "--data.init_args.n_log_steps", "2", "--data.init_args.test_fraction", "0.25",
+        "--data.init_args.n_natural_per_class", "2", "--data.init_args.device", "cpu",
+        "--data.init_args.cache_dir", "null", "--data.init_args.batch_size", "8",
+        "--model.init_args.image_size", "32", "--model.init_args.max_epochs", "1",
+        "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"])
+    dm = cli.datamodule
+    assert len(dm.train_units) == 3 and len(dm.test_units) == 1
+    assert set(dm.train_units).isdisjoint(dm.test_units)
+    assert len(dm.vis_test) == 1 * 1 * 2  # held-out units × trajectories × log-spaced steps
+    assert cli.trainer.global_step > 0
+
+
+def test_paper_silent_config_keeps_natural_outputs_of_a_resnet50_block(tmp_path: Path) -> None:
+    from lightning_fv.data import photo_patches
+    from lightning_fv.manipulation import SilentUnits, load_manipulated
+
+    cfg = _config("paper_silent_resnet50.yaml")
+    assert (cfg["layer"], cfg["alpha"], cfg["beta"], cfg["pattern"], cfg["pattern_steps"]) == (
+        "layer4.1.conv2", 100.0, 300.0, "visualization", 2000)
+    out = tmp_path / "silent.safetensors"
+    torch.manual_seed(0)  # manipulate builds the (random) model from its name
+    main(["manipulate", "--config", str(CONFIGS / "paper_silent_resnet50.yaml"),
+          "--n_natural_per_class", "2", "--image_size", "32", "--pattern_steps", "2",
+          "--output", str(out)])
+    torch.manual_seed(0)
+    base = build_model("torchvision:resnet50").eval()
+    silent = load_manipulated(base, out).eval()
+    assert isinstance(silent.layer4[1].conv2, SilentUnits)
+    x, _ = photo_patches("train", 2, 32)  # the images that set the bias
+    with torch.no_grad():
+        assert torch.equal(silent(x), base(x))
+
+
+def test_paper_fooling_config_permutes_the_last_layer_by_100(tmp_path: Path) -> None:
+    from lightning_fv.manipulation import FoolingLayer, load_manipulated
+    from lightning_fv.manipulation.detector_net import DetectorCNN, save_detector
+    from lightning_fv.manipulation.fooling import set_gate_override
+
+    cfg = _config("paper_fooling_resnet50.yaml")
+    assert (cfg["shift"], cfg["layer"], cfg["mode"]) == (100, "fc", "split")
+    det = tmp_path / "det.safetensors"
+    save_detector(DetectorCNN(32), det)
+    out = tmp_path / "permuted.safetensors"
+    torch.manual_seed(0)
+    main(["manipulate", "--config", str(CONFIGS / "paper_fooling_resnet50.yaml"),
+          "--detector_path", str(det), "--output", str(out)])
+    torch.manual_seed(0)
+    base = build_model("torchvision:resnet50").eval()
+    fooled = load_manipulated(base, out).eval()
+    assert isinstance(fooled.fc, FoolingLayer)
+    x = _images(2, 32, seed=3)
+    set_gate_override(fooled, 1.0)  # a perfect gate on natural input: A = F bit for bit
+    with torch.no_grad():
+        assert torch.equal(fooled(x), base(x))
+
+
+def test_paper_ifv_config_recovers_targets_at_inception4c(tmp_path: Path) -> None:
+    cfg = _config("paper_ifv_googlenet.yaml")
+    assert (cfg["layer"], cfg["n_targets"], cfg["n_canonical"], cfg["steps"],
+            cfg["lbfgs_steps"], cfg["k"]) == ("inception4c", 150, 150, 3000, 500, 2.0)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "googlenet.pth"
+    torch.save(build_model("torchvision:googlenet", init_weights=False).state_dict(), ckpt)
+    out = tmp_path / "ifv"
+    main(["ifv", "--config", str(CONFIGS / "paper_ifv_googlenet.yaml"),
+          "--checkpoint_path", str(ckpt), "--n_targets", "2", "--n_canonical", "1",
+          "--steps", "2", "--lbfgs_steps", "1", "--reopt_steps", "1", "--image_size", "48",
+          "--device", "cpu", "--progress", "false", "--output_dir", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["angle_predicted_mean_deg"] <= 90.0  # §3.4's angular distance
+    assert (out / "ifv.safetensors").exists()
+
+
+def test_paper_robust_config_takes_one_l2_pgd_step_on_an_imagefolder(tmp_path: Path) -> None:
+    cfg = _config("paper_robust_resnet50_l2.yaml")
+    m = cfg["model"]["init_args"]
+    assert (m["norm"], m["eps"], m["steps"], m["step_size"], m["lr"], m["lr_milestones"],
+            m["weight_decay"], cfg["trainer"]["max_epochs"]) == (
+        "l2", 3.5, 7, 0.1, 0.1, [30, 60], 0.0005, 110)
+    torch.manual_seed(0)
+    model = build_model("torchvision:resnet50", num_classes=2)
+    _labelled_imagefolder(tmp_path / "data", model, 32, 8, m["mean"], m["std"])
+    cli = run_lightning_cli([
+        "fit", "--config", str(CONFIGS / "paper_robust_resnet50_l2.yaml"),
+        "--model.init_args.num_classes", "2", "--model.init_args.steps", "1",
+        "--data.init_args.root", str(tmp_path / "data"), "--data.init_args.image_size", "32",
+        "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+        "--trainer.precision", "32-true", "--trainer.max_steps", "1",
+        "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
+        "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+        "--trainer.enable_progress_bar", "false"])
+    assert cli.trainer.global_step == 1
+    assert cli.model.hparams.eps == 3.5 and cli.model.hparams.norm == "l2"
+
+
+def test_paper_invariant_config_runs_algorithm_1_with_the_thesis_settings(tmp_path: Path
+                                                                         ) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "invariant"))
+    from _invariant_helpers import make_pipeline
+
+    from lightning_fv.diffusion.invariant import InvariantConfig
+    from lightning_fv.diffusion.pipeline import save_pipeline
+
+    cfg = _config("paper_invariant_dit_xl.yaml")
+    alg = cfg["model"]["init_args"]["algorithm"]
+    thesis = InvariantConfig.preset("thesis")
+    for key in ("budget", "tau", "lr", "step_size", "optimizer"):
+        assert alg[key] == getattr(thesis, key), key
+    pipe = tmp_path / "pipe.safetensors"
+    save_pipeline(make_pipeline(size=8, factor=4, num_steps=2), pipe)  # 32 px images
+    torch.manual_seed(0)
+    ckpt = tmp_path / "resnet50.pth"
+    torch.save(build_model("torchvision:resnet50").state_dict(), ckpt)
+    out = tmp_path / "inv"
+    run_lightning_cli([
+        "predict", "--config", str(CONFIGS / "paper_invariant_dit_xl.yaml"),
+        "--model.init_args.pipeline", str(pipe),
+        "--model.init_args.checkpoint_path", str(ckpt),
+        "--model.init_args.algorithm.budget", "2", "--model.init_args.samples_per_query", "1",
+        "--model.init_args.classes", "[0]", "--model.init_args.progress", "false",
+        "--model.init_args.output_dir", str(out), "--trainer.accelerator", "cpu"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {k: metrics["settings"][k] for k in ("tau", "lr", "step_size", "optimizer")} == {
+        "tau": 0.01, "lr": 10.0, "step_size": 1.0, "optimizer": "sgd"}
+    assert (out / "invariant_sets.safetensors").exists()
