@@ -130,7 +130,7 @@ def manipulate(
     pattern_unit: int = 0,
     pattern_steps: int = 512,
     alpha: float = 100.0,
-    beta: float = 1000.0,
+    beta: float = 300.0,
     bias: str = "max",
     percentile: float = 99.0,
     output: str = "outputs/manipulation/manipulated.safetensors",
@@ -155,7 +155,8 @@ def manipulate(
             take the filter that image activates most, :func:`pattern_from_image`),
             ``filter`` (that unit's filter) or ``random``.
         alpha, beta, bias, percentile: silent-unit parameters (Eq. 2, App. D):
-            ``Θ̄ = αΘ + βΔΘ⊥``.
+            ``Θ̄ = αΘ + βΔΘ⊥``; the defaults are the API's, the released notebook's
+            (α = 100, β = 300; ``examples/configs/manipulate_silent.yaml`` uses β = 1000).
         output: output file (an existing file is refused unless ``overwrite``).
         overwrite: replace an existing ``output``.
 
@@ -165,7 +166,6 @@ def manipulate(
     output_file(output, overwrite=overwrite)
     from lightning_fv.manipulation import (
         embed_images,
-        pattern_from_image,
         pattern_from_unit,
         permute_layer,
         save_manipulated,
@@ -190,23 +190,17 @@ def manipulate(
     elif method == "silent":
         xn, _ = EMBEDDED[natural]("train", n_natural_per_class, image_size) \
             if natural == "photo_patches" else EMBEDDED[natural]("train", image_size)
-        mod = get_layer(net, layer)
-        conv_name = f"{layer}.conv" if hasattr(mod, "conv") else layer
-        conv = get_layer(net, conv_name)
-        if pattern == "visualization":
-            from lightning_fv.optvis.render import render_units
-
-            target = render_units(net, [f"{layer}:{pattern_unit}"], image_size=image_size,
-                                  thresholds=(pattern_steps,)).final[0]
-            pat = pattern_from_image(net, conv_name, target)
-        elif pattern == "filter":
-            pat = pattern_from_unit(conv, pattern_unit)
-        elif pattern == "random":
-            pat = None
+        if pattern == "filter":
+            mod = get_layer(net, layer)
+            conv = get_layer(net, f"{layer}.conv" if hasattr(mod, "conv") else layer)
+            pat: object = pattern_from_unit(conv, pattern_unit)
+        elif pattern in ("visualization", "random"):
+            pat = pattern  # the visualization is rendered by silence_block (the recipe)
         else:
             raise ValueError(f"unknown pattern {pattern!r}; valid: visualization, filter, random")
         new = silence_block(net, layer, xn, pattern=pat, alpha=alpha, beta=beta, bias=bias,
-                            percentile=percentile, units=channels)
+                            percentile=percentile, channels=channels,
+                            pattern_unit=pattern_unit, pattern_steps=pattern_steps)
     else:
         raise ValueError(f"unknown method {method!r}; valid: permute, embed, silent")
     path = save_manipulated(new, output, base=model)

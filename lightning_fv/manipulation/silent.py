@@ -251,7 +251,7 @@ def silence_block(
     bias: str = "max",
     percentile: float = 99.0,
     margin: float = 1e-3,
-    units: Sequence[int] | None = None,
+    channels: Sequence[int] | None = None,
     batch_size: int = 256,
     inplace: bool = False,
     pattern_unit: int = 0,
@@ -284,7 +284,7 @@ def silence_block(
         bias: ``"max"`` (§2.2) or ``"percentile"`` (App. D).
         percentile: the percentile for ``bias="percentile"``.
         margin: relative safety margin of ``bias="max"``.
-        units: manipulate only these output channels (others get ``Θ̄ = 0``, ``b = −1``).
+        channels: manipulate only these output channels (others get ``Θ̄ = 0``, ``b = −1``).
         batch_size: batch size for the natural activations.
         inplace: modify ``model`` itself.
         pattern_unit, pattern_steps, pattern_seed: the rendered target of
@@ -326,9 +326,9 @@ def silence_block(
     theta = effective_filter(conv, bn)
     perp = orthogonal_perturbation(theta, pattern.to(theta), on_parallel="zero")
     theta_bar = alpha * theta + beta * perp
-    if units is not None:
+    if channels is not None:
         keep = torch.zeros(theta.shape[0], dtype=torch.bool)
-        keep[list(units)] = True
+        keep[list(channels)] = True
         theta_bar = torch.where(keep.view(-1, 1, 1, 1).to(theta.device), theta_bar,
                                 torch.zeros_like(theta_bar))
     maxima = torch.cat([delta_response(x, conv, theta_bar).amax(dim=(2, 3))
@@ -338,7 +338,7 @@ def silence_block(
         b = -(m + margin * m.abs() + 1e-6)
     else:
         b = -torch.quantile(maxima.double(), percentile / 100.0, dim=0).to(maxima.dtype)
-    if units is not None:
+    if channels is not None:
         b = torch.where(keep.to(b.device), b, torch.full_like(b, -1.0))
     _set(net, conv_name, SilentUnits(conv, bn, theta_bar, b))
     _set(net, bn_name, nn.Identity())
