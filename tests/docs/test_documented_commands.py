@@ -30,6 +30,8 @@ TINY_ROBUST = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"
                *CPU]
 
 SLOW = "slow"  # run exactly as written by `make test-docs`
+PAPER = ("not run: paper scale needs pretrained weights and an ImageNet folder; the same "
+         "config runs at tiny size with random weights in tests/paper/test_paper_configs.py")
 #: a command → extra arguments that only shrink it (run in `make test`), SLOW, or a reason
 #: it is not run here (a string starting with "not run:").
 COVERAGE: dict[str, list[str] | str] = {
@@ -126,7 +128,23 @@ COVERAGE: dict[str, list[str] | str] = {
     "lightning-fv fit --config examples/configs/imagefolder_resnet.yaml":
         "not run: a template whose root/classes the user adapts to their image folder",
     "lightning-fv fit|validate|test": "not run: prose naming the LightningCLI subcommands",
-    "python scripts/sanity_check_miniature.py --per-class 3 --steps 128 --n-val 30": SLOW,
+    # docs/reproducing.md
+    "lightning-fv audit --config examples/configs/paper_sanity_resnet50.yaml": PAPER,
+    "lightning-fv audit --config examples/configs/paper_sanity_googlenet.yaml": PAPER,
+    "lightning-fv fit --config examples/configs/paper_detector_googlenet.yaml": PAPER,
+    "lightning-fv manipulate --config examples/configs/paper_fooling_resnet50.yaml": PAPER,
+    "lightning-fv manipulate --config examples/configs/paper_silent_resnet50.yaml": PAPER,
+    "lightning-fv ifv --config examples/configs/paper_ifv_googlenet.yaml": PAPER,
+    "lightning-fv fit --config examples/configs/paper_robust_resnet50_l2.yaml": PAPER,
+    "lightning-fv predict --config examples/configs/paper_invariant_dit_xl.yaml": PAPER,
+    "python scripts/sanity_check_miniature.py --per-class 3 --steps 128 --n-val 30 "
+    "--preset lucent": SLOW,
+    "python scripts/manipulation_miniature.py --parts photo": SLOW,
+    "python scripts/manipulation_miniature.py --parts digits": SLOW,
+    "python scripts/manipulation_miniature.py --parts silent": SLOW,
+    "python scripts/train_robust.py --dataset digits": SLOW,
+    "python scripts/invariant_miniature.py": SLOW,
+    "lightning-fv manipulate": "not run: the bare command name in prose",
 }
 
 #: commands that need an earlier one's output, in the order they run
