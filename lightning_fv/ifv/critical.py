@@ -27,25 +27,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_fv.ifv.gradifv import _as_gram
+
 MAX_ANGLE_DEG = 45.0
-
-
-def _grams(jacobians: Tensor | None, grams: Tensor | None) -> Tensor:
-    if (jacobians is None) == (grams is None):
-        raise ValueError("pass exactly one of jacobians (n, n_f, ...) or grams (n, n_f, n_f)")
-    if grams is None:
-        j = jacobians.flatten(2).double()
-        return j @ j.transpose(1, 2)
-    if grams.dim() != 3 or grams.shape[1] != grams.shape[2]:
-        raise ValueError(f"grams must be (n, n_f, n_f), got {tuple(grams.shape)}")
-    return grams.double()
 
 
 def left_singular(jacobians: Tensor | None = None, *,
                   grams: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Left-singular vectors ``(n, n_f, n_f)`` (columns) and singular values ``(n, n_f)`` of
     each ``Dy``, in *increasing* order of singular value."""
-    g = _grams(jacobians, grams)
+    g = _as_gram(jacobians, grams)
     evals, evecs = torch.linalg.eigh(0.5 * (g + g.transpose(1, 2)))
     return evecs, evals.clamp_min(0).sqrt()
 
@@ -189,7 +180,7 @@ def critical_spaces(jacobians: Tensor | None = None, *, grams: Tensor | None = N
     Returns:
         :class:`CriticalSpace` entries, largest ``dim`` (smallest ρ) first.
     """
-    g = _grams(jacobians, grams)
+    g = _as_gram(jacobians, grams)
     lo, hi = math.log10(rho_min), math.log10(rho_max)
     cache: dict[float, int] = {}
     spaces: dict[float, tuple[Tensor, Tensor]] = {}
