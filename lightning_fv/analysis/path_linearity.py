@@ -229,7 +229,7 @@ def top_activating(model: nn.Module, unit: str | Unit, images: Tensor | Iterable
     return imgs[order], vals[order], order
 
 
-def summarize_units(results: Sequence[PathLinearityResult]) -> dict[str, float]:
+def summarize(results: Sequence[PathLinearityResult]) -> dict[str, float]:
     """Mean AGA/ALD over units (NaN-free inputs), for a one-line summary."""
     if not results:
         return {"aga": math.nan, "ald": math.nan}

@@ -100,7 +100,7 @@ class SanityCheckResult:
         """``score >= 0.5`` (see the module docstring); False when undefined."""
         return bool(self.score >= 0.5) if math.isfinite(self.score) else False
 
-    def scalars(self, prefix: str = "sanity") -> dict[str, float]:
+    def summary(self, prefix: str = "sanity") -> dict[str, float]:
         """Flat ``name → float`` dict for loggers (normalized and raw per layer, score)."""
         out: dict[str, float] = {f"{prefix}/score": float(self.score)}
         for i, name in enumerate(self.layers):

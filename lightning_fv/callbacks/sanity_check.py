@@ -206,7 +206,7 @@ class SanityCheckCallback(ScheduledCallback):
                  "shards": shards}
         self.history.append(entry)
         if trainer.is_global_zero:
-            scalars = result.scalars(self.log_prefix)
+            scalars = result.summary(self.log_prefix)
             scalars[f"{self.log_prefix}/excluded_natural"] = float(result.n_excluded)
             log_scalars(trainer, scalars)
             from lightning_fv.analysis.figures import sanity_check_figure

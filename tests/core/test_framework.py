@@ -245,3 +245,19 @@ def test_run_ifv_reports_progress_in_optimizer_steps(net: Net) -> None:
             aggregation="mean", progress=lambda d, t: calls.append((d, t)))
     # Adam 1..3, L-BFGS done at 5, re-optimization 6..9 of 9
     assert calls == [(1, 9), (2, 9), (3, 9), (5, 9), (6, 9), (7, 9), (8, 9), (9, 9)]
+
+
+def test_path_linearity_summarize_is_the_mean_over_units() -> None:
+    import math
+
+    from lightning_fv.analysis.path_linearity import PathLinearityResult, summarize
+
+    def result(aga: float, ald: float) -> PathLinearityResult:
+        z = torch.zeros(1)
+        return PathLinearityResult(unit="fc:0", agpa=z, aga=aga, aldp=z, ald=ald,
+                                   angles=torch.zeros(1, 1), start_values=z, end_values=z)
+
+    assert summarize([result(10.0, 0.2), result(30.0, 0.6)]) == pytest.approx(
+        {"aga": 20.0, "ald": 0.4})
+    empty = summarize([])
+    assert math.isnan(empty["aga"]) and math.isnan(empty["ald"])
