@@ -161,7 +161,6 @@ def render(
     unit_names: Sequence[str] | None = None,
     redirect_relu_steps: int | None = None,
     preset: str = DEFAULT_PRESET,
-    seeds: int | Sequence[int] | None = None,
     input_size: int | tuple[int, int] | str | None = "auto",
     layouts: Mapping[str, object] | None = None,
 ) -> RenderResult:
@@ -200,7 +199,6 @@ def render(
             would otherwise never move. ``0`` turns it off; ``None`` takes the preset's.
         preset: ``"lucid"`` (default: redirected ReLUs for 16 steps) or ``"lucent"``
             (exactly the paper's renderer, no redirection); see :data:`PRESETS`.
-        seeds: deprecated name of ``seed``.
         input_size: ``(H, W)`` (or ``H``) the model must receive: the transformed image
             (and the untransformed one at thresholds) is resized to it, bilinearly, after
             the transforms (Lucent's ``fixed_image_size``; the standard transforms grow a
@@ -219,10 +217,6 @@ def render(
         ValueError: the model rejects the image size it gets, before the first optimizer
             step, naming the rendered and the transformed sizes.
     """
-    if seeds is not None:
-        warnings.warn("render(seeds=...) is deprecated; use seed=", DeprecationWarning,
-                      stacklevel=2)
-        seed = seeds
     obj = as_objective(objective)
     thresholds = sorted({int(t) for t in thresholds})
     if not thresholds or thresholds[0] < 0:

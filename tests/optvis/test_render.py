@@ -166,7 +166,7 @@ def test_bad_arguments_are_rejected_with_the_value(tiny_net):
     with pytest.raises(ValueError, match="record steps"):
         render(tiny_net, "fc:0", thresholds=(3,), image_size=8, record=[5])
     with pytest.raises(ValueError, match="2 seeds for a batch of 3"):
-        render(tiny_net, "fc:0", thresholds=(1,), image_size=8, batch=3, seeds=[0, 1])
+        render(tiny_net, "fc:0", thresholds=(1,), image_size=8, batch=3, seed=[0, 1])
     with pytest.raises(ValueError, match="cannot parse unit"):
         render_units(tiny_net, ["fc3"], thresholds=(1,), image_size=8)
 
