@@ -7,13 +7,15 @@
 #   bash benchmarks/gpu_pending.sh spearman   # ~2 min
 #   bash benchmarks/gpu_pending.sh pgd        # needs torchattacks importable (a wheel), ~6 min
 #   bash benchmarks/gpu_pending.sh invariant  # ~8 min
+#   bash benchmarks/gpu_pending.sh maco       # MACO vs Horama 0.3 on a ViT (issue 15), ~3 min;
+#                                             # needs horama 0.3.0 installed (pip, --no-deps)
 #
 # Each command's full output goes to $OUT/<name>.txt (OUT defaults to benchmarks/out);
 # the last lines of each are echoed. PYTHON picks the interpreter (default python3), and
 # the package is imported from the working tree (PYTHONPATH=.), so no install is needed
 # where torch, torchvision, lightning, torchmetrics and safetensors are present.
 set -u
-part=${1:?"usage: $0 ifv|tests|spearman|pgd|invariant"}
+part=${1:?"usage: $0 ifv|tests|spearman|pgd|invariant|maco"}
 out=${OUT:-benchmarks/out}
 py=${PYTHON:-python3}
 mkdir -p "$out"
@@ -29,9 +31,9 @@ run() {  # run NAME SECONDS ARGS...: one command, its output kept in $out/NAME.t
 }
 
 case $part in
-ifv | tests | spearman | pgd | invariant) ;;
+ifv | tests | spearman | pgd | invariant | maco) ;;
 *)
-    echo "unknown part '$part': valid parts are ifv, tests, spearman, pgd, invariant"
+    echo "unknown part '$part': valid parts are ifv, tests, spearman, pgd, invariant, maco"
     exit 2
     ;;
 esac
@@ -59,5 +61,9 @@ pgd)
 invariant)
     run invariant_b1_b8 380 benchmarks/bench_invariant.py --batches 1 8 --repeats 2
     run invariant_b32 180 benchmarks/bench_invariant.py --batches 32 --repeats 1
+    ;;
+maco)
+    run maco_vit_32units 500 benchmarks/bench_maco.py --device cuda --units 32 --peer-units 4 \
+        --steps 256 --crops 6 --image-size 1280 --json "$out/maco_vit_32units.json"
     ;;
 esac

@@ -7,10 +7,14 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
-from lightning_fv.callbacks._logging import log_grid, log_scalars
+from lightning_fv.callbacks._logging import ImageBuffer, log_grid, log_scalars
 from lightning_fv.callbacks._scheduled import ScheduledCallback
+from lightning_fv.modules.feature_visualizer import METHODS, photo_spectrum
+from lightning_fv.optvis.accentuation import DEFAULT_WEIGHT, accentuate
 from lightning_fv.optvis.hooks import parse_unit, parse_units
+from lightning_fv.optvis.maco import DEFAULT_MACO_PRESET, maco_config, render_maco
 from lightning_fv.optvis.render import render_units
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,19 @@ class FeatureVisualizationCallback(ScheduledCallback):
             that the image is natural) and ``<log_prefix>/detector/vis_fraction`` (the
             fraction it calls visualizations) — e.g. to see whether a fooling gate would
             fire on these renders.
+        method: ``"standard"`` (:func:`~lightning_fv.optvis.render_units`), ``"maco"``
+            (:func:`~lightning_fv.optvis.maco.render_maco`: a ``canvas_size`` image seen
+            through ``image_size`` crops, the embedded photos' spectrum; the logged tiles
+            are the canvas) or ``"accentuation"``
+            (:func:`~lightning_fv.optvis.accentuation.accentuate`: unit ``i`` accentuated in
+            the ``i mod n``-th of the ``n`` validation images the callback keeps, up to
+            ``max_seed_images``, from the first validation dataloader of the epoch; the
+            fit-end run is skipped while none were seen).
+        maco_preset: MACO settings (``"lightning"`` or ``"horama"``).
+        canvas_size: MACO canvas side (default ``image_size · 1280 / 224``).
+        accent_layer: accentuation's regularized layer (``None``: no regularizer).
+        accent_weight: accentuation's ``λ``.
+        max_seed_images: validation images kept for accentuation (per rank).
     """
 
     def __init__(self, units: list[str], module: str = "", every_n_epochs: int = 1,
@@ -65,8 +82,18 @@ class FeatureVisualizationCallback(ScheduledCallback):
                  seed: int = 0, chunk_size: int = 64, transforms: str = "standard",
                  progress: bool = False, log_prefix: str = "fv",
                  detector: str | None = None, tile_size: int | None = 128,
-                 on_error: str = "warn") -> None:
+                 on_error: str = "warn", method: str = "standard",
+                 maco_preset: str = DEFAULT_MACO_PRESET, canvas_size: int | None = None,
+                 accent_layer: str | None = None, accent_weight: float = DEFAULT_WEIGHT,
+                 max_seed_images: int = 64) -> None:
         super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        maco = maco_config(maco_preset)
+        if canvas_size is not None and canvas_size < 2:
+            raise ValueError(f"canvas_size must be >= 2 pixels, got {canvas_size}")
+        if max_seed_images < 1:
+            raise ValueError(f"max_seed_images must be >= 1, got {max_seed_images}")
         if not units:
             raise ValueError("FeatureVisualizationCallback needs at least one unit, e.g. "
                              "['fc:0'], ['fc:0-3'] or ['fc:*']")
@@ -97,6 +124,15 @@ class FeatureVisualizationCallback(ScheduledCallback):
         self.log_prefix = log_prefix
         self.detector = detector
         self._detector_net: torch.nn.Module | None = None
+        self.method = method
+        self.maco_preset = maco_preset
+        self.canvas_size = canvas_size or round(maco.canvas_ratio * image_size)
+        self.accent_layer = accent_layer
+        self.accent_weight = accent_weight
+        self.max_seed_images = max_seed_images
+        if method == "accentuation":
+            self.buffer = ImageBuffer(max_seed_images)
+        self._seeds: torch.Tensor | None = None
         self.history: list[dict[str, Any]] = []
         self.last_images: torch.Tensor | None = None
 
@@ -123,7 +159,17 @@ class FeatureVisualizationCallback(ScheduledCallback):
 
     def shapes(self, items: list[str], trainer: L.Trainer, pl_module: L.LightningModule
                ) -> dict[str, tuple[int, ...]]:
-        return {"image": (3, self.image_size, self.image_size), "value": ()}
+        side = self.canvas_size if self.method == "maco" else self.image_size
+        return {"image": (3, side, side), "value": ()}
+
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str = "manual"
+            ) -> dict[str, Any]:
+        """For accentuation, gather every rank's validation images first (a collective),
+        then the template's run."""
+        if self.buffer is not None:
+            x, _ = self.buffer.gathered(trainer)
+            self._seeds = x if x.numel() else None
+        return super().run(trainer, pl_module, tag)
 
     def describe(self, items: list[str]) -> str:
         return f"rendering unit(s) {items}"
@@ -131,11 +177,39 @@ class FeatureVisualizationCallback(ScheduledCallback):
     def compute(self, net: torch.nn.Module, items: list[str], trainer: L.Trainer,
                 pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
         """Render ``items`` with the fixed ``seed``: ``{"image": (K, 3, S, S), "value": (K,)}``."""
+        transforms = "standard" if self.transforms == "standard" else None
+        if self.method == "maco":
+            res = render_maco(net, items, config=self.maco_preset, steps=self.steps,
+                              spectrum=photo_spectrum(self.canvas_size),
+                              image_size=self.canvas_size, input_size=self.image_size,
+                              seed=self.seed, chunk_size=self.chunk_size,
+                              progress=self.progress)
+            return {"image": res.images_01(), "value": res.values}
+        if self.method == "accentuation":
+            if self._seeds is None:
+                raise RuntimeError("accentuation needs validation images and none were seen "
+                                   "this epoch (is there a validation dataloader?)")
+            seeds = self._seed_images_for(items)
+            out = accentuate(net, items, seeds, layer=self.accent_layer,
+                             weight=self.accent_weight, steps=self.steps,
+                             transforms=transforms, seed=self.seed, progress=self.progress)
+            return {"image": out.images, "value": out.values}
         res = render_units(net, items, chunk_size=self.chunk_size, seed=self.seed,
                            thresholds=(self.steps,), image_size=self.image_size,
-                           transforms="standard" if self.transforms == "standard" else None,
-                           progress=self.progress)
+                           transforms=transforms, progress=self.progress)
         return {"image": res.final, "value": res.values[self.steps]}
+
+    def _seed_images_for(self, items: list[str]) -> torch.Tensor:
+        """Seed image of each item: unit ``i`` of ``self.units`` takes the ``i mod n``-th
+        gathered validation image, resized to ``image_size`` (bilinear, antialiased)."""
+        assert self._seeds is not None
+        order = list(self.units or items)
+        idx = torch.tensor([order.index(u) % len(self._seeds) for u in items])
+        seeds = self._seeds[idx].float()
+        if tuple(seeds.shape[-2:]) != (self.image_size, self.image_size):
+            seeds = F.interpolate(seeds, size=(self.image_size, self.image_size),
+                                  mode="bilinear", antialias=True, align_corners=False)
+        return seeds.clamp(0, 1)
 
     def summarize(self, items: list[str], results: dict[str, torch.Tensor],
                   done: torch.Tensor) -> dict[str, Any]:

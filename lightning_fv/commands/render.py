@@ -34,6 +34,11 @@ def render(
     output_dir: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    method: str = "standard",
+    maco_preset: str = "lightning",
+    canvas_size: int | None = None,
+    accent_layer: str | None = None,
+    accent_weight: float = 10.0,
 ) -> list[str]:
     """Render ``units`` of ``model`` and write ``units.safetensors``, ``units.pt`` and one
     labelled PNG grid per layer.
@@ -58,6 +63,13 @@ def render(
             existing non-empty folder is refused unless ``overwrite``.
         overwrite: allow writing into a folder that already holds a result.
         progress: progress bar over units × steps with ETA (``--progress false`` in scripts).
+        method: ``"standard"``, ``"maco"`` (magnitude-constrained, Fel et al. 2023: a
+            ``canvas_size`` image seen through ``image_size`` crops) or ``"accentuation"``
+            (Hamblin et al. 2024: unit ``i`` accentuated in photo patch ``i``); see
+            :class:`~lightning_fv.modules.FeatureVisualizer`.
+        maco_preset: ``"lightning"`` or ``"horama"`` (Horama 0.3's settings).
+        canvas_size: MACO canvas side (default ``image_size · 1280 / 224``).
+        accent_layer, accent_weight: the accentuation regularizer's layer and ``λ``.
 
     Returns:
         The written file paths.
@@ -68,7 +80,9 @@ def render(
             model, units=units, checkpoint_path=checkpoint_path, mean=mean, std=std,
             image_size=image_size, thresholds=[steps], transforms=transforms, seed=seed,
             batch_size=chunk_size, bf16=bf16, channels_last=channels_last, compile=compile,
-            output_dir=str(out), overwrite=True, progress=progress)
+            output_dir=str(out), overwrite=True, progress=progress, method=method,
+            maco_preset=maco_preset, canvas_size=canvas_size, accent_layer=accent_layer,
+            accent_weight=accent_weight)
     except Exception:
         if output_dir is None and not any(out.iterdir()):
             out.rmdir()  # no empty version_N folders from refused arguments

@@ -12,7 +12,9 @@ bit-for-bit those of a single-process run, however the sweep was sharded.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from pathlib import Path
 
 import lightning as L
@@ -20,8 +22,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lightning_fv.data.embedded import PHOTO_CLASSES, photo_patches
 from lightning_fv.models import build_model
+from lightning_fv.optvis.accentuation import DEFAULT_WEIGHT, accentuate
 from lightning_fv.optvis.hooks import expand_units, parse_unit
+from lightning_fv.optvis.maco import (
+    DEFAULT_MACO_PRESET,
+    maco_config,
+    render_maco,
+    spectrum_from_data,
+)
 from lightning_fv.optvis.objectives import units_objective
 from lightning_fv.optvis.render import render
 from lightning_fv.utils.checkpoint import save_tensors
@@ -36,6 +46,29 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = "outputs/feature_visualizer"
 #: smallest tile side (pixels) of the saved PNG grids, so captions and pictures are legible
 GRID_TILE_PX = 128
+#: the rendering methods: Lucent-style ``render``, MACO (``optvis.maco``), feature
+#: accentuation from natural seed images (``optvis.accentuation``)
+METHODS = ("standard", "maco", "accentuation")
+
+
+@functools.lru_cache(maxsize=8)
+def photo_spectrum(size: int) -> Tensor:
+    """MACO's magnitude template ``(3, size, size // 2 + 1)`` from the embedded photos: the
+    mean spectrum of 100 training photo patches (10 per photo) of side ``min(size, 128)``,
+    resized to the canvas (:func:`~lightning_fv.optvis.maco.spectrum_from_data`)."""
+    side = min(size, 128)
+    x, _ = photo_patches("train", n_per_class=10, size=side, resize=max(256, 4 * side))
+    return spectrum_from_data(x, size, compute_size=side)
+
+
+def seed_photos(n: int, size: int) -> Tensor:
+    """``n`` validation photo patches ``(n, 3, size, size)`` in [0, 1], cycling through the
+    photos (image ``i`` comes from photo ``i mod 10``): the default seeds of feature
+    accentuation."""
+    k = math.ceil(n / len(PHOTO_CLASSES))
+    x, _ = photo_patches("val", n_per_class=k, size=size, resize=max(256, 4 * size))
+    x = x.view(len(PHOTO_CLASSES), k, *x.shape[1:]).transpose(0, 1).reshape(-1, *x.shape[1:])
+    return x[:n].contiguous()
 
 
 class _Chunks(torch.utils.data.Dataset):
@@ -130,6 +163,19 @@ class FeatureVisualizer(L.LightningModule):
         batch_size: units rendered together per predict step.
         bf16: render under bf16 autocast (CUDA).
         channels_last, compile: GPU options passed to ``render``.
+        method: ``"standard"`` (``render``: ``fft``/``decorrelate``/``transforms``/``lr``),
+            ``"maco"`` (:func:`~lightning_fv.optvis.maco.render_maco`: phase-only images on
+            a ``canvas_size`` canvas with the embedded photos' spectrum, crops of
+            ``image_size`` fed to the model; settings from ``maco_preset``, steps from
+            ``thresholds``) or ``"accentuation"``
+            (:func:`~lightning_fv.optvis.accentuation.accentuate`: unit ``i`` accentuated in
+            validation photo patch ``i``, regularized at ``accent_layer``).
+        maco_preset: ``"lightning"`` ([0, 1] images, then ``mean``/``std``) or ``"horama"``
+            (Horama 0.3's values in (−2.5, 2.5) fed to the model as they are; saved
+            mapped to [0, 1]).
+        canvas_size: MACO canvas side (default ``image_size · 1280 / 224``, Horama's ratio).
+        accent_layer: layer whose activations stay close to the seed's (``None``: none).
+        accent_weight: ``λ`` of the accentuation regularizer.
         output_dir: where rank zero writes ``units.safetensors``, ``units.pt`` and one PNG
             grid per layer. ``None``: the run's log folder (``trainer.log_dir``, beside the
             ``config.yaml`` of ``lightning-fv predict``) when the trainer has a logger, else
@@ -160,8 +206,18 @@ class FeatureVisualizer(L.LightningModule):
         output_dir: str | None = None,
         overwrite: bool = False,
         progress: bool = True,
+        method: str = "standard",
+        maco_preset: str = DEFAULT_MACO_PRESET,
+        canvas_size: int | None = None,
+        accent_layer: str | None = None,
+        accent_weight: float = DEFAULT_WEIGHT,
     ) -> None:
         super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        maco = maco_config(maco_preset)  # an unknown preset fails here, naming the valid ones
+        if canvas_size is not None and canvas_size < 2:
+            raise ValueError(f"canvas_size must be >= 2 pixels, got {canvas_size}")
         if transforms not in ("standard", "none"):
             raise ValueError(f"transforms must be 'standard' or 'none', got {transforms!r}")
         check_mean_std(mean, std)
@@ -189,6 +245,16 @@ class FeatureVisualizer(L.LightningModule):
         self.output_dir = output_dir
         self.overwrite = overwrite
         self.progress = progress
+        self.method = method
+        self.maco_preset = maco_preset
+        self.canvas_size = canvas_size or round(maco.canvas_ratio * image_size)
+        self.accent_layer = accent_layer
+        self.accent_weight = accent_weight
+        if method == "accentuation" and accent_layer is not None:
+            from lightning_fv.optvis.hooks import get_layer
+
+            get_layer(self.net, accent_layer)  # an unknown layer lists the closest names
+        self._seeds: Tensor | None = None
         self.written: list[Path] = []
         self._run_dir: Path | None = None
         self._bar: StepProgress | None = None
@@ -225,6 +291,11 @@ class FeatureVisualizer(L.LightningModule):
         names = [self.units[int(i)] for i in idx]
         normalize = None if self.mean is None else (self.mean, self.std)
         bar = self._bar
+        report = (lambda step, total: bar.update(len(names))) if bar else False
+        if self.method != "standard":
+            with torch.inference_mode(False), torch.enable_grad():
+                images, values = self._render_other(idx, names, normalize, report)
+            return {"index": idx.detach().clone(), "images": images, "values": values}
         with torch.inference_mode(False), torch.enable_grad():
             res = render(
                 self.net,
@@ -241,10 +312,33 @@ class FeatureVisualizer(L.LightningModule):
                 channels_last=self.channels_last,
                 compile=self.compile_model,
                 unit_names=names,
-                progress=(lambda step, total: bar.update(len(names))) if bar else False,
+                progress=report,
             )
         return {"index": idx.detach().clone(), "images": res.final, "values": res.values[
             self.thresholds[-1]]}
+
+    def _render_other(self, idx: Tensor, names: list[str], normalize: object,
+                      report: object) -> tuple[Tensor, Tensor]:
+        """MACO or accentuation of the units ``names`` (global indices ``idx``): images in
+        [0, 1] ``(n, 3, S, S)`` and objective values ``(n,)``."""
+        steps = self.thresholds[-1]
+        if self.method == "maco":
+            res = render_maco(self.net, names, config=self.maco_preset, steps=steps,
+                              spectrum=photo_spectrum(self.canvas_size),
+                              image_size=self.canvas_size, input_size=self.image_size,
+                              normalize=normalize, seed=self.seed,  # type: ignore[arg-type]
+                              progress=report)  # type: ignore[arg-type]
+            return res.images_01(), res.values
+        if self._seeds is None or len(self._seeds) < len(self.units):
+            self._seeds = seed_photos(len(self.units), self.image_size)
+        seeds = self._seeds[idx.cpu()]
+        res = accentuate(self.net, names, seeds, layer=self.accent_layer,
+                         weight=self.accent_weight, steps=steps, lr=self.lr,
+                         param={"fft": self.fft, "decorrelate": self.decorrelate},
+                         transforms=self.transforms, normalize=normalize,  # type: ignore[arg-type]
+                         seed=self.seed, progress=report,
+                         autocast_dtype=torch.bfloat16 if self.bf16 else None)
+        return res.images, res.values
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Tensor]:
         out = self(batch)

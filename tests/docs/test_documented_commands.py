@@ -128,6 +128,8 @@ COVERAGE: dict[str, list[str] | str] = {
     "lightning-fv fit --config examples/configs/imagefolder_resnet.yaml":
         "not run: a template whose root/classes the user adapts to their image folder",
     "lightning-fv fit|validate|test": "not run: prose naming the LightningCLI subcommands",
+    # docs/maco.md
+    "python scripts/maco_comparison.py --steps 64": SLOW,
     # docs/reproducing.md
     "lightning-fv audit --config examples/configs/paper_sanity_resnet50.yaml": PAPER,
     "lightning-fv audit --config examples/configs/paper_sanity_googlenet.yaml": PAPER,
