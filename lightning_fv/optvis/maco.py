@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from lightning_fv.optvis.hooks import Unit, capture, parse_units, preserved_state
 from lightning_fv.optvis.objectives import INPUT, OUTPUT, Objective, units_objective
 from lightning_fv.optvis.param import IMAGENET_COLOR_CORRELATION
+from lightning_fv.optvis.render import chunked_sweep
 from lightning_fv.utils.device import model_device, model_dtype
 from lightning_fv.utils.preprocess import NormalizeLike, as_normalize
 from lightning_fv.utils.rng import make_generator
@@ -507,31 +508,10 @@ def render_maco(
     if in_size < 1 or canvas < 2:
         raise ValueError(f"need input_size >= 1 and image_size >= 2, got {in_size}, {canvas}")
     mag = power_law_spectrum(canvas) if spectrum is None else spectrum
-    size = chunk_size or len(parsed)
-    total = len(parsed) * cfg.steps
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=f"maco {len(parsed)} units x {cfg.steps} steps",
-                   unit="unit-step", unit_scale=True)
-    parts = []
-    try:
-        for start in range(0, len(parsed), size):
-            part = parsed[start:start + size]
-            done = start * cfg.steps
-
-            def report(step: int, _n: int = len(part), _done: int = done) -> None:
-                if bar is not None:
-                    bar.update(_n)
-                elif callable(progress):
-                    progress(_done + step * _n, total)
-
-            parts.append(_maco_batch(model, part, seeds[start:start + size], cfg, mag,
-                                     canvas, in_size, normalize, report))
-    finally:
-        if bar is not None:
-            bar.close()
+    parts = [_maco_batch(model, part, part_seeds, cfg, mag, canvas, in_size, normalize,
+                         report)
+             for part, part_seeds, report in chunked_sweep(parsed, seeds, chunk_size,
+                                                           cfg.steps, progress, "maco")]
     images = torch.cat([p[0] for p in parts])
     alpha = torch.cat([p[1] for p in parts])
     values = crop_values(model, parsed, images, input_size=in_size, normalize=normalize,
@@ -542,7 +522,7 @@ def render_maco(
 
 def _maco_batch(model: nn.Module, units: list[Unit], seeds: list[int], cfg: MacoConfig,
                 magnitude: Tensor, canvas: int, in_size: int, normalize: NormalizeLike,
-                report: Callable[[int], None]) -> tuple[Tensor, Tensor]:
+                report: Callable[[int, int], None]) -> tuple[Tensor, Tensor]:
     """One batch: ``(images, alpha)`` on the CPU."""
     device = model_device(model)
     b = len(units)
@@ -581,7 +561,7 @@ def _maco_batch(model: nn.Module, units: list[Unit], seeds: list[int], cfg: Maco
                     f"step {step} ({len(bad)} unit(s) affected: {[names[i] for i in bad[:5]]})")
             alpha += grad.abs()
             opt.step()
-            report(step)
+            report(step, cfg.steps)
         with torch.no_grad():
             images = param().float().cpu()
     return images, alpha.float().cpu()

@@ -430,37 +430,45 @@ def render_units(
         raise ValueError(f"got {len(seeds)} seeds for {len(parsed)} units")
     if max_memory_gb is not None:
         chunk_size = _probe_chunk_size(model, parsed[0], max_memory_gb, kwargs)
-    size = chunk_size or len(parsed)
     steps = max(int(t) for t in kwargs.get("thresholds", (512,)))  # type: ignore[union-attr]
-    total = len(parsed) * max(steps, 1)
+    results = [render(model, units_objective(part), batch=len(part), seed=part_seeds,
+                      progress=report, unit_names=[str(u) for u in part], **kwargs)
+               for part, part_seeds, report in chunked_sweep(
+                   parsed, seeds, chunk_size, steps, progress, "render")]
+    return _concat(results)
+
+
+def chunked_sweep(
+    units: Sequence[Unit], seeds: Sequence[int], chunk_size: int | None, steps: int,
+    progress: bool | ProgressFn, desc: str,
+) -> Iterator[tuple[list[Unit], list[int], ProgressFn]]:
+    """The chunks of a sweep of ``units`` (``chunk_size`` at a time, ``None``: all) with
+    their seeds and a per-step progress callback ``(step, steps)`` reporting in
+    unit-steps: one bar over all chunks (``progress=True``), the caller's
+    ``progress(done, total)``, or nothing. The bar is closed at the end, also on error."""
+    size = chunk_size or len(units)
+    per = max(steps, 1)
+    total = len(units) * per
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=f"render {len(parsed)} units x {steps} steps",
+        bar = tqdm(total=total, desc=f"{desc} {len(units)} units x {steps} steps",
                    unit="unit-step", unit_scale=True)
-    results = []
     try:
-        for start in range(0, len(parsed), size):
-            part = parsed[start:start + size]
-            report = _chunk_progress(progress, bar, start * max(steps, 1), len(part), total)
-            results.append(render(model, units_objective(part), batch=len(part),
-                                  seed=seeds[start:start + size], progress=report,
-                                  unit_names=[str(u) for u in part], **kwargs))
+        for start in range(0, len(units), size):
+            part = list(units[start:start + size])
+            n, offset = len(part), start * per
+            if bar is not None:
+                report: ProgressFn = lambda _s, _t, n=n: bar.update(n)  # noqa: E731
+            elif callable(progress):
+                report = lambda s, _t, n=n, o=offset: progress(o + s * n, total)  # noqa: E731
+            else:
+                report = lambda _s, _t: None  # noqa: E731
+            yield part, list(seeds[start:start + size]), report
     finally:
         if bar is not None:
             bar.close()
-    return _concat(results)
-
-
-def _chunk_progress(progress: bool | ProgressFn, bar: object, offset: int, n: int,
-                    total: int) -> ProgressFn | bool:
-    """Per-step progress of one chunk of ``n`` units, reported in unit-steps."""
-    if bar is not None:
-        return lambda _step, _steps: bar.update(n)  # type: ignore[attr-defined]
-    if callable(progress):
-        return lambda step, _steps: progress(offset + step * n, total)
-    return False
 
 
 def _concat(results: list[RenderResult]) -> RenderResult:
