@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-all test-docs test-gpu lint bench clean clean-outputs mutation miniatures \
+.PHONY: demo test test-slow test-all test-docs test-browser test-gpu lint bench clean clean-outputs mutation miniatures \
 	miniature-sanity miniature-manipulation miniature-ifv miniature-robust miniature-invariant
 
 $(STAMP): pyproject.toml
@@ -18,16 +18,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m lightning_fv.demo
 
+# every CPU test but the full-size documented commands and the browser test (each
+# documented command also runs at a reduced size here); what .ci/run runs
 test: $(STAMP)
-	$(PY) -m pytest -q -x --timeout=600
+	$(PY) -m pytest -q -x --timeout=900
 
+# the longer CPU checks alone (DDP equality, torch.compile, full ResNets)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --timeout=3600
 
-# every CPU test: the fast suite and the slow one (DDP equality, torch.compile, full
-# ResNets, the documented commands at full size); GPU tests need `make test-gpu`
-test-all: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu" --timeout=7200
+# the audit report in headless Chromium (Debian's chromium package; needs root for apt)
+test-browser: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(PY) -m pytest -q -m browser tests/report
+
+# every CPU test: make test, the documented commands at full size and the browser test
+test-all: $(STAMP) test test-docs test-browser
 
 # mutation testing of the formula modules (mutmut, one module at a time; minutes each,
 # scores in docs/testing.md). Forked torch workers need one thread.
@@ -38,7 +44,7 @@ mutation: $(STAMP)
 # every command line of README.md and docs/*.md, as written, at full size (slow; the
 # reduced-size runs are part of `make test`)
 test-docs: $(STAMP)
-	$(PY) -m pytest -q -m slow --timeout=7200 tests/docs
+	$(PY) -m pytest -q -m full --timeout=7200 tests/docs
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu

@@ -38,8 +38,11 @@ from lightning_fv.models import bundled_model
 from lightning_fv.utils.images import save_grid
 
 
-def stats(a: torch.Tensor) -> dict[str, float]:
+def stats(a: torch.Tensor) -> dict[str, float | None]:
+    """Summary of angles in degrees; ``None`` for every entry when there are none."""
     a = a.double()
+    if a.numel() == 0:
+        return {"mean": None, "median": None, "p90": None, "frac_below_20": None}
     return {"mean": float(a.mean()), "median": float(a.median()),
             "p90": float(a.quantile(0.9)), "frac_below_20": float((a < 20).double().mean())}
 

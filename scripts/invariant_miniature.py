@@ -50,7 +50,7 @@ from lightning_fv.modules.invariant_sampler import select_queries
 from lightning_fv.utils import save_grid
 
 ROOT = Path(__file__).resolve().parent.parent
-FIG = ROOT / "docs" / "figures"
+FIG = ROOT / "docs" / "figures"  # set from --figures in main()
 
 
 def wait_for(path: Path, minutes: float) -> None:
@@ -111,7 +111,15 @@ def main() -> None:
     ap.add_argument("--sae-step-size", type=float, default=1.0)
     ap.add_argument("--sae-tau", type=float, default=1e-3)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "invariant_miniature.json"))
+    ap.add_argument("--figures", default=None,
+                    help="figure folder (default docs/figures; with --quick "
+                         "outputs/invariant_miniature_quick)")
     args = ap.parse_args()
+    global FIG
+    if args.figures is not None:
+        FIG = Path(args.figures)
+    elif args.quick:
+        FIG = ROOT / "outputs" / "invariant_miniature_quick"
     if args.quick:
         args.classes, args.samples, args.budget, args.num_steps = [1, 7], 2, 8, 5
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 The lines are collected from the markdown itself (:mod:`_extract`); :data:`COVERAGE` says
 how each one is run: as written with arguments appended only to shrink it (the same
 command at a reduced size, in a scratch working directory with ``examples/`` and
-``scripts/`` linked in), as written under the ``slow`` marker (``make test-docs``), or not
+``scripts/`` linked in), as written under the ``full`` marker (``make test-docs``), or not
 at all with the reason (a GPU cluster or a data set that is not on this machine; the bare
 name of a command in prose; ``make test`` itself). A documented line missing from
 :data:`COVERAGE` fails :func:`test_every_documented_command_is_covered`.
@@ -29,7 +29,13 @@ TINY_ROBUST = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"
                "2", "--model.init_args.steps", "1", "--model.init_args.test_restarts", "1",
                *CPU]
 
-SLOW = "slow"  # run exactly as written by `make test-docs`
+SLOW = "full"  # only as written, by `make test-docs` (marker `full`): too long to shrink
+FAST_DEV_RUN = ["--trainer.fast_dev_run", "1", *CPU]
+TINY_SAMPLE = ["--num_steps", "2", "--per_label", "1", "--device", "cpu"]
+TINY_INVARIANT = ["--samples_per_query", "1", "--algorithm.budget", "1",
+                  "--algorithm.num_steps", "2", "--progress", "false", "--device", "cpu"]
+TINY_IFV_MINI = ["--n-targets", "2", "--steps", "2", "--lbfgs-steps", "1", "--reopt-steps", "1",
+                 "--image-size", "16", "--out", "outputs/ifv_mini"]
 PAPER = ("not run: paper scale needs pretrained weights and an ImageNet folder; the same "
          "config runs at tiny size with random weights in tests/paper/test_paper_configs.py")
 #: a command → extra arguments that only shrink it (run in `make test`), SLOW, or a reason
@@ -48,8 +54,8 @@ COVERAGE: dict[str, list[str] | str] = {
                                      "--model.progress", "false", *CPU],
     "lightning-fv render --model bundled --units '[fc:*, block3:0-15]' --steps 256":
         TINY_RENDER,
-    "lightning-fv sample --labels '[0,1,2]' --cfg_scale 4": SLOW,
-    "lightning-fv invariant --classes '[0,2,4]'": SLOW,
+    "lightning-fv sample --labels '[0,1,2]' --cfg_scale 4": TINY_SAMPLE,
+    "lightning-fv invariant --classes '[0,2,4]'": TINY_INVARIANT,
     "lightning-fv ifv --layer block2.bn --n_targets 16":
         ["--n_targets", "2", "--steps", "2", "--lbfgs_steps", "1", "--reopt_steps", "1",
          "--image_size", "16", "--device", "cpu", "--progress", "false"],
@@ -65,21 +71,23 @@ COVERAGE: dict[str, list[str] | str] = {
     "make miniature-invariant": SLOW,
     "make miniatures": "not run: the five miniature-* targets above, each run on its own",
     "python scripts/train_bundled.py --dataset photo_patches": SLOW,
-    "python scripts/train_bundled.py --dataset digits": SLOW,
+    "python scripts/train_bundled.py --dataset digits": ["--epochs", "1"],
     "python scripts/train_bundled.py --dataset photo_patches --arch vit": SLOW,
     "make clean": [],
     "make clean-outputs": [],
-    "make test-slow": "not run: the slow test suite itself (it runs this file's slow cases)",
-    "make test-all": "not run: make test and make test-slow together",
+    "make test-slow": "not run: the slow tests alone (they are part of make test)",
+    "make test-all": "not run: make test, make test-docs and make test-browser together",
+    "make test-docs": "not run: this file's full-size cases",
+    "make test-browser": "not run: installs Chromium, then tests/report/test_report_browser.py",
     "make test-gpu": "not run: needs a CUDA device",
     "make lint": SLOW,
     # docs/diffusion.md
-    "lightning-fv fit --config examples/configs/diffusion_digits.yaml": SLOW,
+    "lightning-fv fit --config examples/configs/diffusion_digits.yaml": FAST_DEV_RUN,
     "lightning-fv fit --config examples/configs/diffusion_vavae_imagenet.yaml":
         "not run: GPU template that needs ImageNet latents",
     "lightning-fv sample --checkpoint bundled --per_label 8 --cfg_scale 2.0 "
-    "--output_dir outputs/sample": SLOW,
-    "lightning-fv sample": SLOW,
+    "--output_dir outputs/sample": TINY_SAMPLE,
+    "lightning-fv sample": TINY_SAMPLE,
     # docs/engine.md
     f"{FV} --model.model resnet50 --model.checkpoint_path weights.safetensors "
     "--model.mean '[0.485,0.456,0.406]' --model.std '[0.229,0.224,0.225]' "
@@ -93,18 +101,21 @@ COVERAGE: dict[str, list[str] | str] = {
         "not run: needs the user's r50.safetensors (bf16 render: tests/gpu)",
     "lightning-fv render": TINY_RENDER,
     # docs/ifv.md
-    "lightning-fv fit --config examples/configs/ifv_fit.yaml": SLOW,
+    "lightning-fv fit --config examples/configs/ifv_fit.yaml": FAST_DEV_RUN,
     "lightning-fv ifv": ["--n_targets", "2", "--steps", "2", "--lbfgs_steps", "1",
                          "--reopt_steps", "1", "--image_size", "16", "--device", "cpu",
                          "--progress", "false"],
-    "python scripts/ifv_miniature.py": SLOW,
-    "python scripts/ifv_miniature.py --runs A": SLOW,
+    "python scripts/ifv_miniature.py": TINY_IFV_MINI,
+    "python scripts/ifv_miniature.py --runs A": TINY_IFV_MINI,
     # docs/invariant.md
-    "lightning-fv predict --config examples/configs/invariant_digits.yaml": SLOW,
-    "lightning-fv fit --config examples/configs/invariant_callback.yaml": SLOW,
-    "lightning-fv invariant": SLOW,
+    "lightning-fv predict --config examples/configs/invariant_digits.yaml":
+        ["--model.init_args.samples_per_query", "1", "--model.init_args.algorithm.budget", "1",
+         "--model.init_args.algorithm.num_steps", "2", "--trainer.accelerator", "cpu",
+         "--trainer.limit_predict_batches", "1"],
+    "lightning-fv fit --config examples/configs/invariant_callback.yaml": FAST_DEV_RUN,
+    "lightning-fv invariant": TINY_INVARIANT,
     'lightning-fv invariant --classes "[0,3,8]" --samples_per_query 4 --algorithm.budget 128':
-        SLOW,
+        TINY_INVARIANT,
     # docs/manipulation.md
     "python scripts/manipulation_miniature.py": SLOW,
     "lightning-fv fit --config examples/configs/detector_photo_patches.yaml": SLOW,
@@ -120,7 +131,11 @@ COVERAGE: dict[str, list[str] | str] = {
     "python benchmarks/bench_pgd.py [--bf16] [--channels-last]":
         "not run: a synopsis of the GPU benchmark (benchmarks/gpu)",
     # docs/audit.md
-    "lightning-fv audit --config examples/configs/audit_photo_patches.yaml": SLOW,
+    "lightning-fv audit --config examples/configs/audit_photo_patches.yaml":
+        ["--steps", "2", "--units_per_layer", "1", "--layers", "[block2, fc]", "--path_images",
+         "2", "--path_steps", "2", "--pgd_steps", "1", "--robust_images", "8", "--max_images",
+         "40", "--datamodule.init_args.n_val_per_class", "4", "--datamodule.init_args.size",
+         "32", "--device", "cpu", "--progress", "false"],
     # docs/testing.md
     "make mutation": SLOW,
     "python scripts/mutation.py [module …]": "not run: a synopsis of make mutation",
@@ -129,7 +144,8 @@ COVERAGE: dict[str, list[str] | str] = {
         "not run: a template whose root/classes the user adapts to their image folder",
     "lightning-fv fit|validate|test": "not run: prose naming the LightningCLI subcommands",
     # docs/maco.md
-    "python scripts/maco_comparison.py --steps 64": SLOW,
+    "python scripts/maco_comparison.py --steps 64":
+        ["--steps", "2", "--out", "outputs/maco_comparison.png"],
     # docs/reproducing.md
     "lightning-fv audit --config examples/configs/paper_sanity_resnet50.yaml": PAPER,
     "lightning-fv audit --config examples/configs/paper_sanity_googlenet.yaml": PAPER,
@@ -144,8 +160,8 @@ COVERAGE: dict[str, list[str] | str] = {
     "python scripts/manipulation_miniature.py --parts photo": SLOW,
     "python scripts/manipulation_miniature.py --parts digits": SLOW,
     "python scripts/manipulation_miniature.py --parts silent": SLOW,
-    "python scripts/train_robust.py --dataset digits": SLOW,
-    "python scripts/invariant_miniature.py": SLOW,
+    "python scripts/train_robust.py --dataset digits": ["--quick"],
+    "python scripts/invariant_miniature.py": ["--quick", "--out", "outputs/inv_quick.json"],
     "lightning-fv manipulate": "not run: the bare command name in prose",
 }
 
@@ -219,7 +235,8 @@ def test_every_documented_command_is_covered() -> None:
 
 
 def _cases(fast: bool) -> list:
-    cases = [c for c, how in COVERAGE.items() if (isinstance(how, list)) == fast
+    """The reduced runs (``fast``), or every runnable line as written (the full tier)."""
+    cases = [c for c, how in COVERAGE.items() if (isinstance(how, list) or not fast)
              and not (isinstance(how, str) and how.startswith("not run:"))]
     last = ("make clean", "make clean-outputs")  # they delete what the others wrote
     return sorted(cases, key=lambda c: (c in last, ORDER.index(c) if c in ORDER else -1))
@@ -242,7 +259,7 @@ def test_documented_commands_run_at_a_reduced_size(tmp_path) -> None:
     assert not (cwd / "outputs").exists()  # make clean-outputs ran last
 
 
-@pytest.mark.slow
+@pytest.mark.full
 @pytest.mark.parametrize("command", _cases(fast=False))
 def test_documented_command_as_written(command: str, tmp_path_factory) -> None:
     cwd = tmp_path_factory.getbasetemp() / "docs_as_written"
