@@ -44,6 +44,8 @@ from lightning_fv.analysis import (
     top_activating,
 )
 from lightning_fv.optvis import list_layers, parse_unit, render_units
+from lightning_fv.optvis.hooks import layer_channels
+from lightning_fv.optvis.layout import Layout
 from lightning_fv.optvis.render import PRESETS
 from lightning_fv.utils import make_generator, model_device
 from lightning_fv.utils.preprocess import Normalize, normalized_input
@@ -395,14 +397,11 @@ def _fmt_shape(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
-def _layout(shape: Sequence[int]) -> str:
-    if len(shape) == 3:
-        return "feature map (C, H, W)"
-    if len(shape) == 1:
-        return "vector (D,)"
-    if len(shape) == 2:
-        return "tokens (N, D)"
-    return f"{len(shape)}-D"
+def _layout(layout: Layout) -> str:
+    """How the report names a layer's layout (:mod:`lightning_fv.optvis.layout`)."""
+    names = {"conv": "feature map (C, H, W)", "vector": "vector (C,)",
+             "channels_last": "channels-last map (H, W, C)"}
+    return names.get(layout.kind, f"{layout} (N, C)")
 
 
 # --------------------------------------------------------------------------- sections
@@ -411,8 +410,8 @@ def _layout(shape: Sequence[int]) -> str:
 def _model_section(sec: Section, ctx: _Context, layers: Sequence[str], class_layer: str,
                    normalize: tuple[Sequence[float], Sequence[float]] | None) -> None:
     model = ctx.model
-    info = list_layers(model, (int(ctx.natural.shape[1]), *ctx.image_size))
-    shapes = {n: (t, s) for n, t, s in info}
+    info = list_layers(model, (int(ctx.natural.shape[1]), *ctx.image_size), with_layout=True)
+    shapes = {n: (t, s, lay) for n, t, s, lay in info}
     wanted = list(dict.fromkeys([*layers, class_layer]))
     missing = [n for n in wanted if n not in shapes]
     if missing:
@@ -422,9 +421,9 @@ def _model_section(sec: Section, ctx: _Context, layers: Sequence[str], class_lay
             get_layer(model, n)  # raises with the closest names
     rows = []
     for n in wanted:
-        t, s = shapes[n]
-        rows.append({"layer": n, "type": t, "shape": _fmt_shape(s), "layout": _layout(s),
-                     "units": int(s[0]), "examined": n in layers})
+        t, s, lay = shapes[n]
+        rows.append({"layer": n, "type": t, "shape": _fmt_shape(s), "layout": _layout(lay),
+                     "units": layer_channels(s, lay), "examined": n in layers})
     with torch.no_grad():
         out = model(ctx.natural[:1].to(model_device(model)))
     n_params = sum(p.numel() for p in model.parameters())
@@ -441,7 +440,8 @@ def _model_section(sec: Section, ctx: _Context, layers: Sequence[str], class_lay
 
 def _sample_units(model: nn.Module, layers: Sequence[str], k: int, seed: int,
                   image_size: tuple[int, int], channels: int) -> list[str]:
-    shapes = {n: s for n, _, s in list_layers(model, (channels, *image_size))}
+    shapes = {n: layer_channels(s, lay) for n, _, s, lay in
+              list_layers(model, (channels, *image_size), with_layout=True)}
     g = make_generator(seed)
     out = []
     for layer in layers:
@@ -450,7 +450,7 @@ def _sample_units(model: nn.Module, layers: Sequence[str], k: int, seed: int,
 
             get_layer(model, layer)
             raise ValueError(f"layer {layer!r} has no tensor output")
-        c = int(shapes[layer][0])
+        c = shapes[layer]  # feature channels in the layer's layout
         pick = torch.randperm(c, generator=g)[:min(k, c)].sort().values
         out += [f"{layer}:{int(i)}" for i in pick]
     return out
