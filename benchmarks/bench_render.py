@@ -82,7 +82,7 @@ def main() -> None:
                      normalize=norm, **kw)  # warm-up
         synchronize(device)
         t0 = time.perf_counter()
-        res = render_units(model, units, chunk_size=None, thresholds=(args.steps,),
+        res = render_units(model, units, batch_size=None, thresholds=(args.steps,),
                            image_size=args.size, normalize=norm, **kw)
         synchronize(device)
         dt = time.perf_counter() - t0

@@ -91,7 +91,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     res: dict[str, object] = {"steps": args.steps, "image_size": args.size}
     size, steps = args.size, args.steps
-    render_kw = dict(thresholds=(steps,), image_size=size, chunk_size=32)
+    render_kw = dict(thresholds=(steps,), image_size=size, batch_size=32)
 
     model = bundled_model("photo_patches").eval()
     xv, yv = photo_patches("val", 30, size)
@@ -140,7 +140,7 @@ def main() -> None:
         digits_model = bundled_model("digits").eval()
         other = render_trajectories(digits_model, [f"fc:{i}" for i in range(10)]
                                     + [f"block4:{i}" for i in range(10)], 1, steps, 15, size,
-                                    chunk_size=32)
+                                    batch_size=32)
         d["second_model_vis"] = detector_acc(det, other, 0)
         print(f"[{time.time() - t0:.0f}s] detector: {json.dumps(d)}")
 
@@ -278,7 +278,7 @@ def main() -> None:
         }
         dperm = shifted_permutation(10, 3)
         dfooled = permute_layer(dmodel, "fc", ddet, permutation=dperm, k=1e4, mode="split")
-        dkw = dict(thresholds=(dsteps,), image_size=dsize, chunk_size=32)
+        dkw = dict(thresholds=(dsteps,), image_size=dsize, batch_size=32)
         dfc = [f"fc:{i}" for i in range(10)]
         dbefore = render_units(dmodel, dfc, **dkw).final
         dafter = render_units(dfooled, dfc, **dkw).final

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     units = [f"fc:{c}" for c in range(10) for _ in range(args.per_class)]
     seeds = [k for _ in range(10) for k in range(args.per_class)]
     vis = render_units(model, units, seed=seeds, thresholds=(args.steps,), image_size=64,
-                       chunk_size=40, preset=args.preset).final
+                       batch_size=40, preset=args.preset).final
     vis_labels = torch.tensor([c for c in range(10) for _ in range(args.per_class)])
     save_grid(vis, out / "sanity_visualizations.png", nrow=args.per_class * 2)
     t_render = time.time() - t0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import lightning as L
@@ -47,7 +48,8 @@ class FeatureVisualizationCallback(ScheduledCallback):
         image_size: rendered image size in pixels.
         steps: optimizer steps (the threshold).
         seed: seed of every unit's initial noise and transforms.
-        chunk_size: units rendered per batch.
+        batch_size: units rendered together (one image each); ``chunk_size`` is its
+            deprecated name.
         transforms: ``"standard"`` or ``"none"``.
         progress: show a progress bar while rendering.
         log_prefix: tag prefix.
@@ -79,14 +81,18 @@ class FeatureVisualizationCallback(ScheduledCallback):
 
     def __init__(self, units: list[str], module: str = "", every_n_epochs: int = 1,
                  at_fit_end: bool = True, image_size: int = 64, steps: int = 128,
-                 seed: int = 0, chunk_size: int = 64, transforms: str = "standard",
+                 seed: int = 0, batch_size: int = 64, transforms: str = "standard",
                  progress: bool = False, log_prefix: str = "fv",
                  detector: str | None = None, tile_size: int | None = 128,
                  on_error: str = "warn", method: str = "standard",
                  maco_preset: str = DEFAULT_MACO_PRESET, canvas_size: int | None = None,
                  accent_layer: str | None = None, accent_weight: float = DEFAULT_WEIGHT,
-                 max_seed_images: int = 64) -> None:
+                 max_seed_images: int = 64, chunk_size: int | None = None) -> None:
         super().__init__()
+        if chunk_size is not None:  # the name in configs released before 2026-11-30
+            warnings.warn("FeatureVisualizationCallback(chunk_size=...) is deprecated; use "
+                          "batch_size=", DeprecationWarning, stacklevel=2)
+            batch_size = chunk_size
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         maco = maco_config(maco_preset)
@@ -118,7 +124,7 @@ class FeatureVisualizationCallback(ScheduledCallback):
         self.image_size = image_size
         self.steps = steps
         self.seed = seed
-        self.chunk_size = chunk_size
+        self.batch_size = batch_size
         self.transforms = transforms
         self.progress = progress
         self.log_prefix = log_prefix
@@ -182,7 +188,7 @@ class FeatureVisualizationCallback(ScheduledCallback):
             res = render_maco(net, items, config=self.maco_preset, steps=self.steps,
                               spectrum=photo_spectrum(self.canvas_size),
                               image_size=self.canvas_size, input_size=self.image_size,
-                              seed=self.seed, chunk_size=self.chunk_size,
+                              seed=self.seed, batch_size=self.batch_size,
                               progress=self.progress)
             return {"image": res.images_01(), "value": res.values}
         if self.method == "accentuation":
@@ -194,7 +200,7 @@ class FeatureVisualizationCallback(ScheduledCallback):
                              weight=self.accent_weight, steps=self.steps,
                              transforms=transforms, seed=self.seed, progress=self.progress)
             return {"image": out.images, "value": out.values}
-        res = render_units(net, items, chunk_size=self.chunk_size, seed=self.seed,
+        res = render_units(net, items, batch_size=self.batch_size, seed=self.seed,
                            thresholds=(self.steps,), image_size=self.image_size,
                            transforms=transforms, progress=self.progress)
         return {"image": res.final, "value": res.values[self.steps]}

@@ -26,7 +26,7 @@ def render(
     steps: int = 256,
     transforms: str = "standard",
     seed: int = 0,
-    chunk_size: int = 64,
+    batch_size: int = 64,
     device: str = "auto",
     bf16: bool = False,
     channels_last: bool = False,
@@ -56,7 +56,7 @@ def render(
         steps: optimizer steps (Adam, lr 0.05).
         transforms: ``"standard"`` (Lucent's) or ``"none"``.
         seed: seed of every unit.
-        chunk_size: units rendered together.
+        batch_size: units rendered together (one image each).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
         bf16, channels_last, compile: GPU options.
         output_dir: output folder; default a fresh ``outputs/render/version_N`` per run. An
@@ -79,7 +79,7 @@ def render(
         fv = FeatureVisualizer(
             model, units=units, checkpoint_path=checkpoint_path, mean=mean, std=std,
             image_size=image_size, thresholds=[steps], transforms=transforms, seed=seed,
-            batch_size=chunk_size, bf16=bf16, channels_last=channels_last, compile=compile,
+            batch_size=batch_size, bf16=bf16, channels_last=channels_last, compile=compile,
             output_dir=str(out), overwrite=True, progress=progress, method=method,
             maco_preset=maco_preset, canvas_size=canvas_size, accent_layer=accent_layer,
             accent_weight=accent_weight)

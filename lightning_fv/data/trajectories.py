@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def split_units(units: Sequence[str], test_fraction: float = 0.1,
 
 def render_trajectories(model: nn.Module, units: Sequence[str], trajectories_per_unit: int = 1,
                         steps: int = 64, n_log_steps: int = 15, image_size: int = 64,
-                        transforms: str | None = "standard", chunk_size: int = 64,
+                        transforms: str | None = "standard", batch_size: int = 64,
                         seed: int = 0, progress: bool = False) -> Tensor:
     """Log-sampled trajectory images ``(U·T·S, 3, H, W)`` in [0, 1] (App. C.1).
 
@@ -86,7 +87,7 @@ def render_trajectories(model: nn.Module, units: Sequence[str], trajectories_per
         raise ValueError(f"trajectories_per_unit must be >= 1, got {trajectories_per_unit}")
     names = [str(parse_unit(u)) for u in units for _ in range(trajectories_per_unit)]
     seeds = [seed + t for _ in units for t in range(trajectories_per_unit)]
-    res = render_units(model, names, chunk_size=chunk_size, seed=seeds, progress=progress,
+    res = render_units(model, names, batch_size=batch_size, seed=seeds, progress=progress,
                        thresholds=(steps,), image_size=image_size,
                        transforms="standard" if transforms == "standard" else None,
                        record=log_spaced_steps(steps, n_log_steps), record_grads=False)
@@ -142,7 +143,8 @@ class TrajectoryDataModule(L.LightningDataModule):
         split_seed: seed of the unit split.
         augment_fraction: fraction of visualizations passed through the render transforms.
         transforms: ``"standard"`` or ``"none"`` during rendering.
-        chunk_size: units rendered per batch.
+        render_batch_size: units rendered together (``render_units``' ``batch_size``);
+            ``chunk_size`` is its deprecated name.
         cache_dir: folder for the safetensors cache (``None``: no cache).
         checkpoint_path: local weights for a named ``model``.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``.
@@ -165,12 +167,13 @@ class TrajectoryDataModule(L.LightningDataModule):
         split_seed: int = 0,
         augment_fraction: float = 0.5,
         transforms: str = "standard",
-        chunk_size: int = 64,
+        render_batch_size: int = 64,
         cache_dir: str | None = "outputs/cache/trajectories",
         checkpoint_path: str | None = None,
         device: str = "auto",
         batch_size: int = 128,
         num_workers: int = 0,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if natural not in NATURAL:
@@ -191,7 +194,11 @@ class TrajectoryDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.augment_fraction = augment_fraction
         self.transforms = transforms
-        self.chunk_size = chunk_size
+        if chunk_size is not None:
+            warnings.warn("TrajectoryDataModule(chunk_size=...) is deprecated; use "
+                          "render_batch_size=", DeprecationWarning, stacklevel=2)
+            render_batch_size = chunk_size
+        self.render_batch_size = render_batch_size
         self.cache_dir = cache_dir
         self.checkpoint_path = checkpoint_path
         self.device = device
@@ -263,7 +270,7 @@ class TrajectoryDataModule(L.LightningDataModule):
             v = render_trajectories(model, us, self.trajectories_per_unit, self.steps,
                                     self.n_log_steps, self.image_size,
                                     None if self.transforms == "none" else "standard",
-                                    self.chunk_size, seed=0, progress=True)
+                                    self.render_batch_size, seed=0, progress=True)
             parts.append(augment_like_rendering(v, self.augment_fraction, self.split_seed + k))
         if path is not None:
             save_tensors({"train": parts[0].half(), "test": parts[1].half()}, path,

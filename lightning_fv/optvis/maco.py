@@ -465,7 +465,7 @@ def render_maco(
     input_size: int | None = None,
     normalize: NormalizeLike = None,
     seed: int | Sequence[int] = 0,
-    chunk_size: int | None = None,
+    batch_size: int | None = None,
     progress: bool | ProgressFn = False,
     eval_crops: int = 16,
 ) -> MacoResult:
@@ -486,7 +486,7 @@ def render_maco(
         normalize: ``(mean, std)`` or a module applied to each noisy crop; ``None`` when the
             model normalizes itself or ``value_range`` is already in model-input units.
         seed: one seed for all samples or one per sample (phase, crops, noise).
-        chunk_size: units per batch (``None``: all at once); chunking does not change images.
+        batch_size: units per batch (``None``: all at once); batching does not change images.
         progress: ``True`` shows a bar; a callable gets ``progress(done, total)`` in
             unit-steps after every step.
         eval_crops: crops of :func:`crop_values` for the returned ``values``.
@@ -510,7 +510,7 @@ def render_maco(
     mag = power_law_spectrum(canvas) if spectrum is None else spectrum
     parts = [_maco_batch(model, part, part_seeds, cfg, mag, canvas, in_size, normalize,
                          report)
-             for part, part_seeds, report in chunked_sweep(parsed, seeds, chunk_size,
+             for part, part_seeds, report in chunked_sweep(parsed, seeds, batch_size,
                                                            cfg.steps, progress, "maco")]
     images = torch.cat([p[0] for p in parts])
     alpha = torch.cat([p[1] for p in parts])

@@ -399,7 +399,7 @@ def _raise_if_bad(first_bad: Tensor, names: Sequence[str]) -> None:
 def render_units(
     model: nn.Module,
     units: str | Sequence[str | Unit],
-    chunk_size: int | None = 64,
+    batch_size: int | None = 64,
     seed: int | Sequence[int] = 0,
     progress: bool | ProgressFn = False,
     max_memory_gb: float | None = None,
@@ -411,8 +411,9 @@ def render_units(
         model: the model (see :func:`render`).
         units: the unit grammar of :func:`~lightning_fv.optvis.hooks.parse_units`
             (``"block3:5"``, ``"block3:0-15"``, ``"fc:*"``, :class:`Unit` s), any layers.
-        chunk_size: units per batch (``None``: all at once). On CUDA, ``max_memory_gb``
-            instead sizes chunks from a probe of the per-image memory cost.
+        batch_size: units rendered together, one image each (``None``: all at once). On
+            CUDA, ``max_memory_gb`` instead sizes the batches from a probe of the per-image
+            memory cost.
         seed: seed for every unit (a unit's image is then the same as when rendered
             alone with that seed), or one seed per unit.
         progress: ``True`` shows one bar over units × optimizer steps (with an ETA); a
@@ -420,7 +421,7 @@ def render_units(
         **kwargs: passed to :func:`render` (``thresholds``, ``image_size``, ``record``…).
 
     Returns:
-        A :class:`RenderResult` whose tensors concatenate the chunks in unit order.
+        A :class:`RenderResult` whose tensors concatenate the batches in unit order.
     """
     probe = resolve_input_size(model, kwargs.get("input_size", "auto")  # type: ignore[arg-type]
                                ) or kwargs.get("image_size")
@@ -429,24 +430,24 @@ def render_units(
     if len(seeds) != len(parsed):
         raise ValueError(f"got {len(seeds)} seeds for {len(parsed)} units")
     if max_memory_gb is not None:
-        chunk_size = _probe_chunk_size(model, parsed[0], max_memory_gb, kwargs)
+        batch_size = _probe_batch_size(model, parsed[0], max_memory_gb, kwargs)
     steps = max(int(t) for t in kwargs.get("thresholds", (512,)))  # type: ignore[union-attr]
     results = [render(model, units_objective(part), batch=len(part), seed=part_seeds,
                       progress=report, unit_names=[str(u) for u in part], **kwargs)
                for part, part_seeds, report in chunked_sweep(
-                   parsed, seeds, chunk_size, steps, progress, "render")]
+                   parsed, seeds, batch_size, steps, progress, "render")]
     return _concat(results)
 
 
 def chunked_sweep(
-    units: Sequence[Unit], seeds: Sequence[int], chunk_size: int | None, steps: int,
+    units: Sequence[Unit], seeds: Sequence[int], batch_size: int | None, steps: int,
     progress: bool | ProgressFn, desc: str,
 ) -> Iterator[tuple[list[Unit], list[int], ProgressFn]]:
-    """The chunks of a sweep of ``units`` (``chunk_size`` at a time, ``None``: all) with
+    """The chunks of a sweep of ``units`` (``batch_size`` at a time, ``None``: all) with
     their seeds and a per-step progress callback ``(step, steps)`` reporting in
     unit-steps: one bar over all chunks (``progress=True``), the caller's
     ``progress(done, total)``, or nothing. The bar is closed at the end, also on error."""
-    size = chunk_size or len(units)
+    size = batch_size or len(units)
     per = max(steps, 1)
     total = len(units) * per
     bar = None
@@ -488,7 +489,7 @@ def _concat(results: list[RenderResult]) -> RenderResult:
     return RenderResult(images, values, traj, [n for r in results for n in r.units])
 
 
-def _probe_chunk_size(model: nn.Module, u: Unit, max_memory_gb: float,
+def _probe_batch_size(model: nn.Module, u: Unit, max_memory_gb: float,
                       kwargs: dict[str, object]) -> int:
     """Units per chunk that fit ``max_memory_gb`` on CUDA, from two one-step probes."""
     device, _ = _model_device_dtype(model)

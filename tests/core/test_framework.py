@@ -164,7 +164,7 @@ def test_presets_are_named_by_their_source(net: Net) -> None:
 
 def test_render_units_reports_progress_in_unit_steps(net: Net) -> None:
     calls: list[tuple[int, int]] = []
-    render_units(net, "fc:0-4", chunk_size=2, image_size=8, thresholds=(3,),
+    render_units(net, "fc:0-4", batch_size=2, image_size=8, thresholds=(3,),
                  progress=lambda done, total: calls.append((done, total)))
     # 5 units x 3 steps; chunks of 2, 2, 1 units
     assert [d for d, _ in calls] == [2, 4, 6, 8, 10, 12, 13, 14, 15]
@@ -261,3 +261,16 @@ def test_path_linearity_summarize_is_the_mean_over_units() -> None:
         {"aga": 20.0, "ald": 0.4})
     empty = summarize([])
     assert math.isnan(empty["aga"]) and math.isnan(empty["ald"])
+
+
+def test_chunk_size_is_a_deprecated_name_of_batch_size_where_configs_used_it() -> None:
+    from lightning_fv.callbacks import FeatureVisualizationCallback
+    from lightning_fv.data.trajectories import TrajectoryDataModule
+
+    with pytest.warns(DeprecationWarning, match="use batch_size="):
+        cb = FeatureVisualizationCallback(["fc:0"], chunk_size=7)
+    assert cb.batch_size == 7
+    assert FeatureVisualizationCallback(["fc:0"], batch_size=5).batch_size == 5
+    with pytest.warns(DeprecationWarning, match="use render_batch_size="):
+        dm = TrajectoryDataModule("bundled", units=["fc:0"], chunk_size=9)
+    assert dm.render_batch_size == 9

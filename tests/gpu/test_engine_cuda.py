@@ -63,8 +63,8 @@ def test_memory_probe_sizes_chunks_to_the_budget(net, monkeypatch):
     kw = dict(thresholds=(2,), image_size=64)
     # the memory of one image, measured here apart from the probe: the whole sweep in one
     # batch against one image at a time
-    p_all, ref = _peak_bytes(lambda: render_units(net, units, chunk_size=None, **kw))
-    p_one, _ = _peak_bytes(lambda: render_units(net, units[:1], chunk_size=None, **kw))
+    p_all, ref = _peak_bytes(lambda: render_units(net, units, batch_size=None, **kw))
+    p_one, _ = _peak_bytes(lambda: render_units(net, units[:1], batch_size=None, **kw))
     per_image = (p_all - p_one) / 31
     assert per_image > 0
     budget = p_one + 6 * per_image  # room for about 6 images per chunk

@@ -172,7 +172,7 @@ def test_a_unit_rendered_alone_equals_the_same_unit_in_a_batch(tiny_net):
         alone = render_maco(tiny_net, [u], seed=[5 + i], **kw)
         assert (alone.images[0] - batch.images[i]).abs().max() < 1e-4
         assert torch.allclose(alone.alpha[0], batch.alpha[i], rtol=1e-3, atol=1e-6)
-    chunked = render_maco(tiny_net, units, seed=[5, 6, 7], chunk_size=2, **kw)
+    chunked = render_maco(tiny_net, units, seed=[5, 6, 7], batch_size=2, **kw)
     assert (chunked.images - batch.images).abs().max() < 1e-4
     assert batch.units == units
 

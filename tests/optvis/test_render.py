@@ -55,8 +55,8 @@ def test_unit_rendered_alone_equals_unit_rendered_in_a_batch(tiny_net):
 
 def test_chunking_does_not_change_images(tiny_net):
     units = [f"conv2:{i}" for i in range(5)]
-    a = render_units(tiny_net, units, chunk_size=2, thresholds=(4,), image_size=12)
-    b = render_units(tiny_net, units, chunk_size=None, thresholds=(4,), image_size=12)
+    a = render_units(tiny_net, units, batch_size=2, thresholds=(4,), image_size=12)
+    b = render_units(tiny_net, units, batch_size=None, thresholds=(4,), image_size=12)
     assert (a.final - b.final).abs().max() < 1e-4
 
 
