@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_fv.data.embedded import digits, photo_patches
-from lightning_fv.optvis.hooks import expand_units, parse_unit, parse_units
+from lightning_fv.optvis.hooks import parse_unit, parse_units
 from lightning_fv.optvis.render import log_spaced_steps, render_units
 from lightning_fv.optvis.transform import TransformChain, standard_transforms
 from lightning_fv.utils.checkpoint import save_tensors
@@ -250,7 +250,8 @@ class TrajectoryDataModule(L.LightningDataModule):
         model = self.build_model()
         dev = resolve_device(self.device)
         model = model.to(dev).eval()
-        units = (expand_units(self.units, model, self.image_size) if self.units else
+        units = ([str(u) for u in parse_units(self.units, model, self.image_size)]
+                 if self.units else
                  layer_units(model, self.layers, self.image_size, self.max_units_per_layer))
         train_units, test_units = split_units(units, self.test_fraction, self.split_seed)
         settings = self.settings(model, units)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from lightning_fv.data.embedded import PHOTO_CLASSES, photo_patches
 from lightning_fv.models import build_model
 from lightning_fv.optvis.accentuation import DEFAULT_WEIGHT, accentuate
-from lightning_fv.optvis.hooks import expand_units, parse_unit
+from lightning_fv.optvis.hooks import parse_unit, parse_units
 from lightning_fv.optvis.maco import (
     DEFAULT_MACO_PRESET,
     maco_config,
@@ -233,7 +233,9 @@ class FeatureVisualizer(L.LightningModule):
         if isinstance(model, str):
             warn_untrained_or_unnormalized(model, self.net, checkpoint_path, mean)
         check_image_size(self.net, image_size, None if mean is None else (mean, std))
-        self.units = expand_units(list(units or ["fc:*"]), self.net, image_size)
+        # the unit grammar, parsed once; names for the outputs and the hparams
+        self.parsed_units = parse_units(list(units or ["fc:*"]), self.net, image_size)
+        self.units = [str(u) for u in self.parsed_units]
         self.mean, self.std = mean, std
         self.image_size = image_size
         self.thresholds = sorted(thresholds or [512])
@@ -299,7 +301,7 @@ class FeatureVisualizer(L.LightningModule):
         with torch.inference_mode(False), torch.enable_grad():
             res = render(
                 self.net,
-                units_objective(names),
+                units_objective([self.parsed_units[int(i)] for i in idx]),
                 param={"fft": self.fft, "decorrelate": self.decorrelate},
                 transforms="standard" if self.transforms == "standard" else None,
                 optimizer=lambda p: torch.optim.Adam(p, lr=self.lr),

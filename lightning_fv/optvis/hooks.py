@@ -529,12 +529,6 @@ def _split_top(text: str) -> list[str]:
     return parts
 
 
-def expand_units(units: list[str], model: nn.Module, image_size: int,
-                 layouts: LayoutsLike = None) -> list[str]:
-    """:func:`parse_units` as strings (``"layer:*"``, ``"layer:0-9"`` expanded)."""
-    return [str(u) for u in parse_units(units, model, image_size, layouts)]
-
-
 @contextmanager
 def patched_forwards(
     mods: Sequence[nn.Module],
