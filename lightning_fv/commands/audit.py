@@ -113,5 +113,5 @@ def audit(
     paths = write_report(result, output_dir)
     for name, sec in result.sections.items():
         log.info("%-15s %-7s %6.1f s %s", name, sec.status, sec.seconds, sec.error or "")
-    print(f"audit report: {paths.html}")
+    log.info("audit report: %s", paths.html)
     return str(paths.html)

@@ -13,6 +13,7 @@ not depend on how the queries were sharded.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import threading
@@ -37,6 +38,8 @@ from lightning_fv.utils.preprocess import as_normalize, check_mean_std
 
 __all__ = ["DEFAULT_ALGORITHM", "InvariantSetSampler", "QueryDataset", "invariant_metrics",
            "save_invariant_sets", "summarize"]
+
+log = logging.getLogger(__name__)
 
 #: The one set of defaults of ``InvariantSetSampler``, ``lightning-fv invariant`` and
 #: ``examples/configs/invariant_digits.yaml`` (the ``"digits"`` preset).
@@ -266,7 +269,7 @@ class InvariantSetSampler(L.LightningModule):
         if self._bar is not None:
             self._bar.write(msg)
         else:
-            print(msg, flush=True)
+            log.warning(msg)
 
     def on_predict_start(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -307,9 +310,9 @@ class InvariantSetSampler(L.LightningModule):
             paths = save_invariant_sets(self.results, self.output_dir, self.cutoffs,
                                         {**self.algorithm.as_dict(),
                                          "stopped": bool(self.stop_requested)})
-            print(f"invariant sets of {len(self.results['index'])} queries written to "
-                  f"{Path(self.output_dir).resolve()}: {', '.join(p.name for p in paths)}",
-                  flush=True)
+            log.info("invariant sets of %d queries written to %s: %s",
+                     len(self.results["index"]), Path(self.output_dir).resolve(),
+                     ", ".join(p.name for p in paths))
 
 
 def summarize(results: dict[str, Tensor]) -> dict[str, float]:

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from lightning_fv.utils.device import model_device
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -151,13 +153,10 @@ def normalized_input(model: nn.Module, normalize: NormalizeLike) -> Iterator[nn.
     """Inside the block, ``model`` normalizes its own first input (a forward pre-hook), so
     every pixel-space caller can use it and its layer names stay the user's; the hook is
     removed on exit (also on error). ``normalize=None`` changes nothing."""
-    norm = as_normalize(normalize)
+    norm = as_normalize(normalize, model_device(model))
     if norm is None:
         yield model
         return
-    for t in model.parameters():
-        norm = norm.to(t.device)
-        break
 
     def hook(_m: nn.Module, args: tuple) -> tuple:
         return (norm(args[0]), *args[1:])
