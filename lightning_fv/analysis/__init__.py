@@ -35,6 +35,7 @@ from lightning_fv.analysis.similarity import (
     layer_activations,
     natural_pairs,
     normalize_between_bounds,
+    sanity_check_groups,
     similarity_groups,
     similarity_sanity_check,
     smooth_uniform,
@@ -44,6 +45,7 @@ from lightning_fv.analysis.similarity import (
 )
 
 __all__ = [
+    "sanity_check_groups",
     "DEFAULT_STRIDES",
     "METRICS",
     "PathLinearityResult",

@@ -274,7 +274,9 @@ def smooth_uniform(x: Tensor, window: int) -> Tensor:
     n = x.numel()
     if n == 0:
         return x.clone()
-    left = window // 2
+    # scipy's convolve flips the kernel: for an even window the extra neighbour is on the
+    # right (offsets -(w-1)//2 … w//2), for an odd one the window is centred
+    left = (window - 1) // 2
     offsets = torch.arange(window) - left
     idx = torch.arange(n).unsqueeze(1) + offsets.unsqueeze(0)  # (L, w)
     m = torch.remainder(idx, 2 * n)
@@ -348,6 +350,55 @@ def summarize_groups(layers: Sequence[str], groups: Sequence[dict[str, Tensor]],
         band_lower=lo, band_upper=hi, score=score, ood=ood)
 
 
+def sanity_check_groups(
+    model: nn.Module,
+    layers: Sequence[str],
+    natural: Tensor,
+    labels: Tensor,
+    visualizations: Tensor,
+    vis_labels: Tensor,
+    metric: str = "spearman",
+    strides: Sequence[int] = DEFAULT_STRIDES,
+    exclude_misclassified: bool = True,
+    ood_natural: Tensor | None = None,
+    ood_labels: Tensor | None = None,
+    batch_size: int = 64,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[dict[str, dict[str, Tensor]], Tensor]:
+    """The per-layer part of the sanity check (§3, C.3): the pair values of
+    :func:`similarity_groups` for each of ``layers``, and which natural images were kept.
+
+    Layers are independent, so a run can be sharded by layer (each process passes its
+    share, possibly none) and the gathered groups summarized with :func:`summarize_groups`.
+    Arguments as in :func:`similarity_sanity_check`.
+
+    Returns:
+        ``({layer: {"upper", "lower", "fv"}}`` on the CPU, ``keep`` ``(N,)`` bool: the
+        natural images used (correctly classified ones with ``exclude_misclassified``)).
+    """
+    labels = labels.cpu().long()
+    vis_labels = vis_labels.cpu().long()
+    acts = layer_activations(model, natural, list(layers), batch_size, with_output=True)
+    out = acts.pop("__output__")
+    keep = (out.argmax(1).cpu() == labels if exclude_misclassified
+            else torch.ones_like(labels, dtype=torch.bool))
+    if keep.sum() < 2:
+        raise ValueError(f"only {int(keep.sum())} of {labels.numel()} natural images are "
+                         "correctly classified; the check needs at least 2")
+    vacts = layer_activations(model, visualizations, list(layers), batch_size)
+    oacts = (layer_activations(model, ood_natural, list(layers), batch_size)
+             if ood_natural is not None else None)
+    groups = {}
+    for name in layers:
+        k = keep.to(acts[name].device)
+        g = similarity_groups(
+            acts[name][k], labels[keep], vacts[name], vis_labels, metric, strides,
+            bound_natural=None if oacts is None else oacts[name],
+            bound_labels=None if ood_labels is None else ood_labels.cpu().long(), dtype=dtype)
+        groups[name] = {key: v.cpu() for key, v in g.items()}
+    return groups, keep
+
+
 def similarity_sanity_check(
     model: nn.Module,
     layers: Sequence[str],
@@ -396,28 +447,11 @@ def similarity_sanity_check(
                          f"{vis_labels.shape[0]} labels")
     if (ood_natural is None) != (ood_labels is None):
         raise ValueError("pass both ood_natural and ood_labels, or neither")
-    labels = labels.cpu().long()
-    vis_labels = vis_labels.cpu().long()
-    keep = torch.ones_like(labels, dtype=torch.bool)
-    acts = layer_activations(model, natural, layers, batch_size, with_output=True)
-    if exclude_misclassified:
-        keep = acts.pop("__output__").argmax(1).cpu() == labels
-    else:
-        acts.pop("__output__")
-    if keep.sum() < 2:
-        raise ValueError(f"only {int(keep.sum())} of {labels.numel()} natural images are "
-                         "correctly classified; the check needs at least 2")
-    keep_d = keep.to(next(iter(acts.values())).device)
-    vacts = layer_activations(model, visualizations, layers, batch_size)
-    oacts = (layer_activations(model, ood_natural, layers, batch_size)
-             if ood_natural is not None else None)
-    groups = []
-    for name in layers:
-        groups.append(similarity_groups(
-            acts[name][keep_d], labels[keep], vacts[name], vis_labels, metric, strides,
-            bound_natural=None if oacts is None else oacts[name],
-            bound_labels=None if ood_labels is None else ood_labels.cpu().long(), dtype=dtype))
-    res = summarize_groups(layers, groups, metric, min_gap, window, std_window,
+    per_layer, keep = sanity_check_groups(
+        model, layers, natural, labels, visualizations, vis_labels, metric, strides,
+        exclude_misclassified, ood_natural, ood_labels, batch_size, dtype)
+    res = summarize_groups(layers, [per_layer[name] for name in layers], metric, min_gap,
+                           window, std_window,
                            ood=ood_natural is not None)
     res.n_natural = int(keep.sum())
     res.n_excluded = int((~keep).sum())

@@ -1,5 +1,6 @@
 """Shared helpers of the analysis callbacks: one way to log scalars, images and figures to
-any Lightning logger, and the small distributed / isolation utilities they all use.
+any Lightning logger, and the isolation utility they all use (sharding lives in
+:mod:`lightning_fv.utils.distributed`).
 
 Logging (rank zero only; other ranks return immediately):
 
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_fv.optvis.hooks import preserved_state
+from lightning_fv.utils.distributed import gather_objects
 from lightning_fv.utils.rng import preserved_rng
 
 T = TypeVar("T")
@@ -222,39 +224,6 @@ def log_figure(trainer: Any, tag: str, fig: Any, step: int | None = None) -> lis
 
 
 # --------------------------------------------------------------------------- distributed
-
-
-def world(trainer: Any) -> tuple[int, int]:
-    """``(global rank, world size)`` of the trainer."""
-    return int(getattr(trainer, "global_rank", 0)), int(getattr(trainer, "world_size", 1))
-
-
-def shard(items: Sequence[T], trainer: Any) -> list[T]:
-    """This rank's share ``items[rank::world]`` of the work."""
-    rank, size = world(trainer)
-    return list(items[rank::size])
-
-
-def gather_objects(trainer: Any, obj: T) -> list[T]:
-    """All ranks' ``obj`` in rank order (a collective: every rank must call it)."""
-    _, size = world(trainer)
-    if size == 1 or not torch.distributed.is_available() or \
-            not torch.distributed.is_initialized():
-        return [obj]
-    out: list[Any] = [None] * size
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def unshard(parts: Sequence[Sequence[T]]) -> list[T]:
-    """Inverse of :func:`shard`: interleave the ranks' lists back into item order."""
-    out: list[T] = []
-    longest = max((len(p) for p in parts), default=0)
-    for i in range(longest):
-        for p in parts:
-            if i < len(p):
-                out.append(p[i])
-    return out
 
 
 # --------------------------------------------------------------------------- isolation

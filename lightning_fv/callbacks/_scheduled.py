@@ -33,14 +33,13 @@ from torch import Tensor
 
 from lightning_fv.callbacks._logging import (
     ImageBuffer,
-    gather_objects,
     isolated,
     report_errors,
     select_module,
-    shard,
 )
 from lightning_fv.optvis.hooks import get_layer, parse_unit, parse_units
 from lightning_fv.utils.device import model_device
+from lightning_fv.utils.distributed import gather_objects, shard
 
 ON_ERROR = ("warn", "raise")
 

@@ -30,8 +30,10 @@ class AuditReportCallback(ScheduledCallback):
     work, so :meth:`run` is overridden whole.
 
     Natural images are the first ``max_images`` of the validation data (the datamodule's
-    ``val_dataloader`` or the trainer's validation loader). Rank zero does the work; other
-    ranks wait at a barrier. The report goes to ``output_dir/version_N`` (default
+    ``val_dataloader`` or the trainer's validation loader; rank zero's under DDP). Every
+    rank takes part: the renders, the sanity check's layers and the path-linearity units are
+    sharded across the processes (``audit(..., distributed=trainer)``); rank zero writes and
+    logs the report. The report goes to ``output_dir/version_N`` (default
     ``<trainer.log_dir>/audit``) and is logged as:
 
     - MLflow: the whole folder as run artifacts under ``<log_prefix>/version_N``;
@@ -49,7 +51,7 @@ class AuditReportCallback(ScheduledCallback):
         log_prefix: tag / artifact prefix.
         units_per_layer, steps, preset, seed, max_images, class_layer,
         visualizations_per_class, metric, detector_ckpt, path_units_per_layer, path_images,
-        path_steps, pgd_eps, pgd_norm, pgd_steps, robust_images, sections: as in
+        path_steps, pgd_eps, pgd_norm, pgd_steps, robust_images, sections, batch_size: as in
         :func:`lightning_fv.report.audit`.
     """
 
@@ -61,7 +63,8 @@ class AuditReportCallback(ScheduledCallback):
                  metric: str = "spearman", detector_ckpt: str | None = None,
                  path_units_per_layer: int = 1, path_images: int = 4, path_steps: int = 32,
                  pgd_eps: float | None = None, pgd_norm: str = "l2", pgd_steps: int = 10,
-                 robust_images: int = 100, sections: list[str] | None = None) -> None:
+                 robust_images: int = 100, sections: list[str] | None = None,
+                 batch_size: int = 64) -> None:
         super().__init__()
         if not layers:
             raise ValueError("AuditReportCallback needs at least one layer")
@@ -84,7 +87,7 @@ class AuditReportCallback(ScheduledCallback):
             detector_ckpt=detector_ckpt, path_units_per_layer=path_units_per_layer,
             path_images=path_images, path_steps=path_steps, pgd_eps=pgd_eps,
             pgd_norm=pgd_norm, pgd_steps=pgd_steps, robust_images=robust_images,
-            sections=list(sections or SECTIONS))
+            sections=list(sections or SECTIONS), batch_size=batch_size)
         self.reports: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
         self.last_result: AuditResult | None = None
@@ -111,19 +114,20 @@ class AuditReportCallback(ScheduledCallback):
 
     def run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str = "fit_end"
             ) -> ReportPaths | None:
-        """Audit, write and log on rank zero (every rank must call it)."""
+        """Audit on every rank (sharded), write and log on rank zero (every rank must call
+        it)."""
         paths = None
+        net = select_module(pl_module, self.module)
+        with isolated(net):
+            result = audit(net, self._data(trainer), layers=self.layers,
+                           model_name=f"{type(net).__name__} (epoch "
+                                      f"{trainer.current_epoch}, {tag})",
+                           distributed=trainer, **self.audit_kwargs)
+        self.last_result = result
         if trainer.is_global_zero:
-            net = select_module(pl_module, self.module)
             root = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir)
                         / "audit")
-            with isolated(net):
-                result = audit(net, self._data(trainer), layers=self.layers,
-                               model_name=f"{type(net).__name__} (epoch "
-                                          f"{trainer.current_epoch}, {tag})",
-                               **self.audit_kwargs)
             paths = write_report(result, root)
-            self.last_result = result
             self.reports.append({"epoch": int(trainer.current_epoch),
                                  "step": int(trainer.global_step), "tag": tag,
                                  "html": str(paths.html), "failed": result.failed})

@@ -13,12 +13,10 @@ from torch import nn
 from lightning_fv.analysis.invariance import invariant_metrics
 from lightning_fv.callbacks._logging import (
     ImageBuffer,
-    gather_objects,
     isolated,
     log_image,
     log_scalars,
     select_module,
-    shard,
 )
 from lightning_fv.callbacks._scheduled import ScheduledCallback
 from lightning_fv.diffusion.invariant import (
@@ -29,6 +27,7 @@ from lightning_fv.diffusion.invariant import (
     make_objective,
     seeded_latents,
 )
+from lightning_fv.utils.distributed import gather_objects, shard
 from lightning_fv.utils.images import image_grid
 
 

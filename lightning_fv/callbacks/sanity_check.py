@@ -12,22 +12,20 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_fv.analysis.similarity import (
     SanityCheckResult,
-    layer_activations,
-    similarity_groups,
+    sanity_check_groups,
     summarize_groups,
 )
 from lightning_fv.callbacks._logging import (
     ImageBuffer,
-    gather_objects,
     isolated,
     log_figure,
     log_scalars,
     select_module,
-    shard,
 )
 from lightning_fv.callbacks._scheduled import ScheduledCallback
 from lightning_fv.optvis.hooks import get_layer, parse_unit
 from lightning_fv.optvis.render import render_units
+from lightning_fv.utils.distributed import gather_objects, shard
 
 
 class SanityCheckCallback(ScheduledCallback):
@@ -175,17 +173,11 @@ class SanityCheckCallback(ScheduledCallback):
         vis_labels = torch.tensor([c for (c, _), ok in zip(jobs, done.tolist()) if ok])
         # similarity per layer: this rank's share of the layers
         my_layers = shard(self.layers, trainer)
-        groups, error = {}, None
+        groups, error, keep = {}, None, torch.zeros(0, dtype=torch.bool)
         try:
             with isolated(net), torch.no_grad():
-                acts = layer_activations(net, natural, my_layers or [], with_output=True)
-                keep = acts.pop("__output__").argmax(1).cpu() == labels
-                vacts = layer_activations(net, vis, my_layers or [])
-                for name in my_layers:
-                    k = keep.to(acts[name].device)
-                    g = similarity_groups(acts[name][k], labels[keep], vacts[name], vis_labels,
-                                          self.metric, self.strides)
-                    groups[name] = {key: v.cpu() for key, v in g.items()}
+                groups, keep = sanity_check_groups(net, my_layers, natural, labels, vis,
+                                                   vis_labels, self.metric, self.strides)
         except Exception as err:  # noqa: BLE001
             error = f"{type(self).__name__}: similarity failed: {type(err).__name__}: {err}"
         parts = gather_objects(trainer, {"groups": groups, "error": error,

@@ -16,6 +16,16 @@ Sections and their sources (`dont-trust-your-eyes…` unless named):
 - ``detector``: the natural-vs-visualization classifier (App. C.1) on the renders.
 - ``path_linearity``: AGA / ALD (§5, App. C.4) from highly activating natural images.
 - ``robustness``: clean and PGD accuracy (`robust-representations…` §3, App. A.3).
+
+Sharding: with ``distributed`` (a Lightning ``Fabric`` or ``Trainer`` whose processes all
+call :func:`audit`), the renders (sampled units, the sanity check's class units) are split
+into fixed chunks of ``batch_size`` units dealt round-robin to the processes, the sanity
+check's layers and the path-linearity units are split likewise, and every result is
+gathered in order on every process (:func:`lightning_fv.utils.distributed.map_chunks`).
+The chunks do not depend on the number of processes, so one device and N devices give
+the same images and numbers. The natural images are rank zero's; the small sections
+(model, detector, robustness) run on every process; the caller writes the report on rank
+zero.
 """
 
 from __future__ import annotations
@@ -40,14 +50,17 @@ from lightning_fv.analysis import (
     DEFAULT_STRIDES,
     METRICS,
     path_linearity,
-    similarity_sanity_check,
+    sanity_check_groups,
+    summarize_groups,
     top_activating,
 )
+from lightning_fv.analysis.similarity import SanityCheckResult
 from lightning_fv.optvis import list_layers, parse_unit, render_units
 from lightning_fv.optvis.hooks import layer_channels
 from lightning_fv.optvis.layout import Layout
 from lightning_fv.optvis.render import PRESETS
 from lightning_fv.utils import make_generator, model_device
+from lightning_fv.utils.distributed import broadcast_object, map_chunks, world
 from lightning_fv.utils.preprocess import Normalize, normalized_input
 
 #: Section names in report order.
@@ -237,6 +250,8 @@ def audit(
     robust_images: int = 100,
     sections: Sequence[str] = SECTIONS,
     progress: bool = False,
+    batch_size: int = 64,
+    distributed: Any = None,
 ) -> AuditResult:
     """Audit the feature visualizations of ``model`` on ``data``, section by section.
 
@@ -274,7 +289,12 @@ def audit(
         pgd_steps, pgd_restarts: PGD steps (step size ``2.5·ε/steps``) and restarts.
         robust_images: images attacked (the first ones of ``data``).
         sections: which of :data:`SECTIONS` to run (others are marked skipped).
-        progress: progress bars while rendering.
+        progress: progress bars while rendering (rank zero).
+        batch_size: units rendered together (one chunk of the sharded renders).
+        distributed: a Lightning ``Fabric`` or ``Trainer`` (anything with ``global_rank``
+            and ``world_size`` over an initialized process group) to shard the work across
+            its processes; every process must call :func:`audit` with the same arguments.
+            ``None``: this process does everything.
 
     Returns:
         :class:`AuditResult`; write it with :func:`lightning_fv.report.write_report`.
@@ -282,15 +302,21 @@ def audit(
     _validate(layers=layers, units_per_layer=units_per_layer, steps=steps, preset=preset,
               metric=metric, strides=strides, path_steps=path_steps, path_images=path_images,
               pgd_norm=pgd_norm, sections=sections)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     t_start = time.perf_counter()
     natural, labels = collect_images(data, max_images)
+    rank, world_size = world(distributed)
+    if world_size > 1:  # every process audits rank zero's images (loaders may be sharded)
+        natural, labels = broadcast_object(distributed, (natural, labels))
     if class_names is None:
         names = getattr(data, "classes", None)
         class_names = list(names) if names else None
     image_size = tuple(int(s) for s in natural.shape[-2:])
     render_kwargs = dict(RENDER_PRESETS[preset])
     ctx = _Context(model=model, natural=natural, labels=labels, image_size=image_size,
-                   render_kwargs=render_kwargs, progress=progress)
+                   render_kwargs=render_kwargs, progress=progress and rank == 0,
+                   batch_size=batch_size, dist=distributed)
     settings = {
         "layers": list(layers), "units_per_layer": units_per_layer,
         "units": list(units) if units else None, "steps": steps, "preset": preset,
@@ -314,6 +340,7 @@ def audit(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model_name": model_name or type(model).__name__,
         "device": str(model_device(model)), "data": data_info,
+        "world_size": world_size, "batch_size": batch_size,
     }
     plan: dict[str, Callable[[Section], None]] = {
         "model": lambda s: _model_section(s, ctx, layers, class_layer, normalize),
@@ -374,6 +401,8 @@ class _Context:
     image_size: tuple[int, int]
     render_kwargs: dict[str, Any]
     progress: bool
+    batch_size: int = 64
+    dist: Any = None
     sections: dict[str, Section] = field(default_factory=dict)
     renders: dict[str, Any] = field(default_factory=dict)
 
@@ -402,6 +431,71 @@ def _layout(layout: Layout) -> str:
     names = {"conv": "feature map (C, H, W)", "vector": "vector (C,)",
              "channels_last": "channels-last map (H, W, C)"}
     return names.get(layout.kind, f"{layout} (N, C)")
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+def _render(ctx: _Context, names: Sequence[str], seeds: Sequence[int], steps: int
+            ) -> tuple[Tensor, Tensor, list[list[str]]]:
+    """Render unit ``names[i]`` with seed ``seeds[i]`` for ``steps`` steps, in fixed chunks of
+    ``ctx.batch_size`` sharded over the processes: final images ``(n, 3, H, W)`` and objective
+    values ``(n,)`` on the CPU in unit order (every process), and each process's units."""
+    jobs = list(zip(names, seeds))
+    rank, size = world(ctx.dist)
+    mine = sum(len(jobs[s:s + ctx.batch_size])
+               for s in range(rank * ctx.batch_size, len(jobs), size * ctx.batch_size))
+    bar = None
+    if ctx.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=mine * steps, desc=f"render {mine} units x {steps} steps",
+                   unit="unit-step", unit_scale=True)
+
+    def render_chunk(chunk: list[tuple[str, int]]) -> list[tuple[Tensor, Tensor]]:
+        last = [0]
+
+        def report(done: int, total: int) -> None:
+            if bar is not None:
+                bar.update(done - last[0])
+            last[0] = done
+
+        res = render_units(ctx.model, [u for u, _ in chunk], batch_size=None,
+                           seed=[s for _, s in chunk], thresholds=(steps,),
+                           image_size=ctx.image_size, progress=report, **ctx.render_kwargs)
+        return list(zip(res.final.detach().cpu(), res.values[steps].detach().cpu()))
+
+    try:
+        out, shards = map_chunks(render_chunk, jobs, ctx.dist, ctx.batch_size)
+    finally:
+        if bar is not None:
+            bar.close()
+    return (torch.stack([o[0] for o in out]), torch.stack([o[1] for o in out]),
+            [[u for u, _ in s] for s in shards])
+
+
+def _sanity_result(ctx: _Context, layers: list[str], vis: Tensor, vis_labels: Tensor,
+                   metric: str, strides: Sequence[int], ood_x: Tensor | None = None,
+                   ood_y: Tensor | None = None) -> tuple[SanityCheckResult, list[list[str]]]:
+    """The similarity sanity check (§3, C.3; App. E with ``ood_x``) with its layers sharded
+    over the processes (``ceil(L / world)`` layers each); the same result as
+    :func:`~lightning_fv.analysis.similarity_sanity_check` with its default settings."""
+    if not layers:
+        raise ValueError("the sanity check needs at least one layer (sanity_layers)")
+    _, size = world(ctx.dist)
+
+    def layer_groups(chunk: list[str]) -> list[tuple[dict[str, Tensor], int]]:
+        groups, keep = sanity_check_groups(ctx.model, chunk, ctx.natural, ctx.labels, vis,
+                                           vis_labels, metric, tuple(strides),
+                                           ood_natural=ood_x, ood_labels=ood_y)
+        return [(groups[name], int(keep.sum())) for name in chunk]
+
+    out, shards = map_chunks(layer_groups, layers, ctx.dist, math.ceil(len(layers) / size))
+    result = summarize_groups(layers, [g for g, _ in out], metric, ood=ood_x is not None)
+    result.n_natural = out[0][1]
+    result.n_excluded = int(ctx.natural.shape[0]) - result.n_natural
+    result.n_visualizations = int(vis.shape[0])
+    return result, shards
 
 
 # --------------------------------------------------------------------------- sections
@@ -462,9 +556,8 @@ def _visualization_section(sec: Section, ctx: _Context, layers: Sequence[str],
 
     names = ([str(parse_unit(u)) for u in units] if units else
              _sample_units(ctx.model, layers, k, seed, ctx.image_size, ctx.natural.shape[1]))
-    res = render_units(ctx.model, names, seed=seed, thresholds=(steps,),
-                       image_size=ctx.image_size, progress=ctx.progress, **ctx.render_kwargs)
-    images, values = res.final, res.values[steps]
+    images, values, shards = _render(ctx, names, [seed] * len(names), steps)
+    sec.data["shards"] = shards
     ctx.renders["units"] = names
     ctx.renders["images"] = images
     grids: dict[str, list[dict[str, Any]]] = {}
@@ -506,19 +599,17 @@ def _sanity_section(sec: Section, ctx: _Context, layers: list[str], class_layer:
         raise ValueError(f"labels {present} exceed the model's {n_classes} outputs; the "
                          "sanity check needs a classifier whose output c is class c")
     jobs = [(c, k) for c in present for k in range(per_class)]
-    res = render_units(ctx.model, [f"{class_layer}:{c}" for c, _ in jobs],
-                       seed=[seed + k for _, k in jobs], thresholds=(steps,),
-                       image_size=ctx.image_size, progress=ctx.progress, **ctx.render_kwargs)
-    vis = res.final
+    vis, _, render_shards = _render(ctx, [f"{class_layer}:{c}" for c, _ in jobs],
+                                    [seed + k for _, k in jobs], steps)
     vis_labels = torch.tensor([c for c, _ in jobs])
-    result = similarity_sanity_check(ctx.model, layers, ctx.natural, ctx.labels, vis,
-                                     vis_labels, metric=metric, strides=tuple(strides))
+    result, layer_shards = _sanity_result(ctx, layers, vis, vis_labels, metric, strides)
+    sec.data["shards"] = {"renders": render_shards, "layers": layer_shards}
     checks = [("", result)]
     if ood_data is not None:
         ox, oy = collect_images(ood_data, max_images)
-        ood = similarity_sanity_check(ctx.model, layers, ctx.natural, ctx.labels, vis,
-                                      vis_labels, metric=metric, strides=tuple(strides),
-                                      ood_natural=ox, ood_labels=oy)
+        if world(ctx.dist)[1] > 1:
+            ox, oy = broadcast_object(ctx.dist, (ox, oy))
+        ood, _ = _sanity_result(ctx, layers, vis, vis_labels, metric, strides, ox, oy)
         checks.append(("ood/", ood))
         sec.settings["ood_images"] = int(ox.shape[0])
     tables = {}
@@ -618,15 +709,27 @@ def _path_section(sec: Section, ctx: _Context, per_layer: int, m: int, steps: in
     chosen: list[str] = []
     for layer in dict.fromkeys(parse_unit(u).layer for u in names):
         chosen += [u for u in names if parse_unit(u).layer == layer][:per_layer]
+
+    def paths(chunk: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for u in chunk:
+            start, _, _ = top_activating(ctx.model, u, ctx.natural, m=m)
+            r = path_linearity(ctx.model, u, start, steps=steps, seed=seed,
+                               **ctx.render_kwargs)
+            out.append({"aga": r.aga, "ald": r.ald, "agpa": r.agpa,
+                        "start": float(r.start_values.mean()),
+                        "end": float(r.end_values.mean())})
+        return out
+
+    results, shards = map_chunks(paths, chosen, ctx.dist, 1)
+    sec.data["shards"] = shards
     rows, curves = [], {}
-    for u in chosen:
-        start, _, _ = top_activating(ctx.model, u, ctx.natural, m=m)
-        r = path_linearity(ctx.model, u, start, steps=steps, seed=seed, **ctx.render_kwargs)
-        sec.numbers[f"aga/{u}"] = r.aga
-        sec.numbers[f"ald/{u}"] = r.ald
-        sec.numbers[f"start_value/{u}"] = float(r.start_values.mean())
-        sec.numbers[f"end_value/{u}"] = float(r.end_values.mean())
-        curves[u] = r.agpa
+    for u, r in zip(chosen, results):
+        sec.numbers[f"aga/{u}"] = r["aga"]
+        sec.numbers[f"ald/{u}"] = r["ald"]
+        sec.numbers[f"start_value/{u}"] = r["start"]
+        sec.numbers[f"end_value/{u}"] = r["end"]
+        curves[u] = r["agpa"]
         rows.append({"unit": u, "layer": parse_unit(u).layer})
     per_layer_rows = []
     for layer in dict.fromkeys(r["layer"] for r in rows):

@@ -136,6 +136,15 @@ COVERAGE: dict[str, list[str] | str] = {
          "2", "--path_steps", "2", "--pgd_steps", "1", "--robust_images", "8", "--max_images",
          "40", "--datamodule.init_args.n_val_per_class", "4", "--datamodule.init_args.size",
          "32", "--device", "cpu", "--progress", "false"],
+    "lightning-fv audit --config examples/configs/audit_photo_patches.yaml --devices 2 "
+    "--device cpu":
+        ["--steps", "2", "--units_per_layer", "1", "--layers", "[block2, fc]", "--path_images",
+         "2", "--path_steps", "2", "--pgd_steps", "1", "--robust_images", "8", "--max_images",
+         "40", "--datamodule.init_args.n_val_per_class", "4", "--datamodule.init_args.size",
+         "32", "--progress", "false"],
+    "lightning-fv audit --config my_resnet50_audit.yaml --devices 8 --device cuda":
+        "not run: needs 8 GPUs and a user's config (the 2-process CPU line above runs the "
+        "same code path)",
     # docs/testing.md
     "make mutation": SLOW,
     "python scripts/mutation.py [module …]": "not run: a synopsis of make mutation",
@@ -144,8 +153,9 @@ COVERAGE: dict[str, list[str] | str] = {
         "not run: a template whose root/classes the user adapts to their image folder",
     "lightning-fv fit|validate|test": "not run: prose naming the LightningCLI subcommands",
     # docs/maco.md
-    "python scripts/maco_comparison.py --steps 64":
-        ["--steps", "2", "--out", "outputs/maco_comparison.png"],
+    "python scripts/maco_comparison.py --steps 64": ["--steps", "2"],
+    "python scripts/maco_comparison.py --steps 64 --model photo_patches_vit "
+    "--figures docs/figures": ["--steps", "2", "--figures", "outputs/maco_figures"],
     # docs/reproducing.md
     "lightning-fv audit --config examples/configs/paper_sanity_resnet50.yaml": PAPER,
     "lightning-fv audit --config examples/configs/paper_sanity_googlenet.yaml": PAPER,
