@@ -106,8 +106,10 @@ def _save_config_callback() -> type:
                 from pathlib import Path
 
                 path = Path(resolve()) / self.config_filename
+                # a module told to overwrite its folder's result replaces its config too
+                overwrite = self.overwrite or bool(getattr(pl_module, "overwrite", False))
                 self.parser.save(self.config, str(path), skip_none=False,
-                                 overwrite=self.overwrite, multifile=self.multifile)
+                                 overwrite=overwrite, multifile=self.multifile)
                 log.info("config saved to %s", path)
             return None
 

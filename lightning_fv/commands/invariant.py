@@ -1,12 +1,16 @@
 """``lightning-fv invariant``: invariant-set samples of query images (thesis App. .1, Alg. 1).
 
-A thin entry point over ``trainer.predict`` with :class:`InvariantSetSampler`: the same
-defaults as ``lightning-fv predict --config examples/configs/invariant_digits.yaml`` (both
-use :data:`~lightning_fv.modules.invariant_sampler.DEFAULT_ALGORITHM`).
+This is ``lightning-fv predict`` of :class:`InvariantSetSampler` (LightningCLI): the
+arguments below become that run's config (saved as ``config.yaml`` beside the results, so
+``lightning-fv predict --config <run>/config.yaml`` reruns it). The defaults are those of
+``lightning-fv predict --config examples/configs/invariant_digits.yaml`` (both use
+:data:`~lightning_fv.modules.invariant_sampler.DEFAULT_ALGORITHM`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from typing import Any
 
@@ -36,7 +40,8 @@ def invariant(
     batch_size: int = 5,
     device: str = "auto",
     progress: bool = True,
-    output_dir: str = "outputs/invariant",
+    output_dir: str | None = None,
+    overwrite: bool = False,
     **settings: Any,
 ) -> dict[str, float]:
     """Sample ``samples_per_query`` members of the invariant set of each query image (the
@@ -66,29 +71,39 @@ def invariant(
         batch_size: queries per predict step.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``…
         progress: show a progress bar in SGD steps.
-        output_dir: output folder.
+        output_dir: output folder (default: a fresh ``outputs/invariant/version_N``); a
+            folder holding an earlier result is refused unless ``overwrite``.
+        overwrite: write into a folder that already holds invariant sets.
         settings: Python callers only: single ``InvariantConfig`` fields (``budget=2``).
 
     Returns:
         The summary metrics (fraction reached, mean steps, L1/L2/KL, pixel distance,
         diversity). Ctrl-C / SIGTERM stop within one SGD step and still write what was done.
     """
-    import lightning as L
-
-    from lightning_fv.modules.invariant_sampler import InvariantSetSampler, summarize
+    from lightning_fv.cli import run_lightning_cli
+    from lightning_fv.modules.invariant_sampler import summarize
     from lightning_fv.utils.device import resolve_device
 
+    algo = algorithm.replace(**settings) if settings else algorithm
+    init = {"pipeline": pipeline, "classifier": classifier, "checkpoint_path": checkpoint_path,
+            "mean": mean, "std": std, "objective": objective, "units": units,
+            "sae_path": sae_path, "sae_layer": sae_layer, "sae_features": sae_features,
+            "samples_per_query": samples_per_query, "conditional": conditional, "seed": seed,
+            "queries_per_class": queries_per_class, "classes": classes,
+            "batch_size": batch_size, "output_dir": output_dir, "overwrite": overwrite,
+            "progress": progress, "algorithm": dataclasses.asdict(algo)}
+    args = ["predict", "--model", "lightning_fv.modules.invariant_sampler.InvariantSetSampler"]
+    for key, value in init.items():
+        if value is not None:
+            args += [f"--model.{key}",
+                     json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)]
     accel = "gpu" if resolve_device(device).type == "cuda" else "cpu"
-    module = InvariantSetSampler(
-        pipeline=pipeline, classifier=classifier, checkpoint_path=checkpoint_path, mean=mean,
-        std=std, objective=objective, units=units, sae_path=sae_path, sae_layer=sae_layer,
-        sae_features=sae_features, samples_per_query=samples_per_query,
-        algorithm=algorithm.replace(**settings) if settings else algorithm,
-        conditional=conditional, seed=seed, queries_per_class=queries_per_class,
-        classes=classes, batch_size=batch_size, output_dir=output_dir, progress=progress)
-    trainer = L.Trainer(accelerator=accel, devices=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    trainer.predict(module, return_predictions=False)
+    args += ["--trainer.accelerator", accel, "--trainer.devices", "1",
+             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+             "--trainer.enable_model_summary", "false", "--return_predictions", "false"]
+    cli = run_lightning_cli(args)
+    module = cli.model
     summary = summarize(module.results) if module.results else {}
-    log.info("invariant sets written to %s: %s", output_dir, summary)
+    if module.written:
+        log.info("invariant sets written to %s: %s", module.written[0].parent, summary)
     return summary

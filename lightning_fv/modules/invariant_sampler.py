@@ -34,6 +34,7 @@ from lightning_fv.diffusion.invariant import (
     make_objective,
     seeded_latents,
 )
+from lightning_fv.utils.files import output_folder
 from lightning_fv.utils.preprocess import as_normalize, check_mean_std
 
 __all__ = ["DEFAULT_ALGORITHM", "InvariantSetSampler", "QueryDataset", "invariant_metrics",
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 #: The one set of defaults of ``InvariantSetSampler``, ``lightning-fv invariant`` and
 #: ``examples/configs/invariant_digits.yaml`` (the ``"digits"`` preset).
 DEFAULT_ALGORITHM: InvariantConfig = INVARIANT_PRESETS["digits"]
+#: where a run goes when neither ``output_dir`` nor a logger says otherwise
+DEFAULT_ROOT = "outputs/invariant"
 
 
 class QueryDataset(Dataset):
@@ -101,7 +104,10 @@ class InvariantSetSampler(L.LightningModule):
         batch_size: queries per predict step.
         cutoffs: the spectral-sweep cutoffs (App. .4.2).
         output_dir: rank zero writes ``invariant_sets.safetensors``, ``metrics.json`` and one
-            PNG row per query (query first) there.
+            PNG row per query (query first) there. ``None``: the run's log folder when the
+            trainer has a logger, else a fresh ``outputs/invariant/version_N``. A folder that
+            already holds invariant sets is refused (before sampling) unless ``overwrite``.
+        overwrite: allow writing into a folder that already holds a result.
         progress: show a progress bar in SGD steps (rank zero).
         settings: single :class:`InvariantConfig` fields overriding ``algorithm`` (Python
             callers: ``budget=2, lr=1.0``).
@@ -133,6 +139,7 @@ class InvariantSetSampler(L.LightningModule):
         batch_size: int = 4,
         cutoffs: list[float] | None = None,
         output_dir: str | None = None,
+        overwrite: bool = False,
         progress: bool = True,
         **settings: Any,
     ) -> None:
@@ -175,6 +182,9 @@ class InvariantSetSampler(L.LightningModule):
         self.batch_size = batch_size
         self.cutoffs = tuple(cutoffs or DEFAULT_CUTOFFS)
         self.output_dir = output_dir
+        self.overwrite = overwrite
+        self._run_dir: Path | None = None
+        self.written: list[Path] = []
         self.progress = progress
         self._outputs: list[dict[str, Tensor]] = []
         self.results: dict[str, Tensor] = {}
@@ -247,9 +257,30 @@ class InvariantSetSampler(L.LightningModule):
         self._outputs.append({k: v.detach().cpu() for k, v in out.items()})
         return out
 
+    def resolve_output_dir(self) -> Path:
+        """The folder this run writes to (chosen once per run; see ``output_dir``)."""
+        if self._run_dir is None:
+            trainer = self._trainer
+            if self.output_dir is not None:
+                base: str | None = self.output_dir
+            elif trainer is not None and trainer.logger is not None and trainer.log_dir:
+                base = trainer.log_dir
+            else:
+                base = None
+            out = output_folder(base, DEFAULT_ROOT, overwrite=True)
+            if (out / "invariant_sets.safetensors").exists() and not self.overwrite:
+                raise FileExistsError(
+                    f"output_dir {str(out)!r} already holds invariant sets; pass a new "
+                    f"folder, leave output_dir unset for a fresh {DEFAULT_ROOT}/version_N, "
+                    f"or pass overwrite=True (--model.overwrite true)")
+            self._run_dir = out
+        return self._run_dir
+
     def on_predict_epoch_start(self) -> None:
         self._outputs = []
         self.stop_requested = False
+        if self.trainer.is_global_zero:
+            self.resolve_output_dir()  # refuse an earlier result before sampling
         if self.progress and self.trainer.is_global_zero:
             from tqdm.auto import tqdm
 
@@ -279,6 +310,7 @@ class InvariantSetSampler(L.LightningModule):
 
     def on_predict_end(self) -> None:
         self._restore_signals()
+        self._run_dir = None  # a further predict call gets a folder of its own
 
     def teardown(self, stage: str) -> None:
         self._restore_signals()
@@ -306,13 +338,14 @@ class InvariantSetSampler(L.LightningModule):
         srt = merged["index"][order]
         keep[1:] = srt[1:] != srt[:-1]
         self.results = {k: v[order][keep] for k, v in merged.items()}
-        if self.output_dir is not None and self.trainer.is_global_zero:
-            paths = save_invariant_sets(self.results, self.output_dir, self.cutoffs,
-                                        {**self.algorithm.as_dict(),
-                                         "stopped": bool(self.stop_requested)})
-            log.info("invariant sets of %d queries written to %s: %s",
-                     len(self.results["index"]), Path(self.output_dir).resolve(),
-                     ", ".join(p.name for p in paths))
+        if self.trainer.is_global_zero:
+            out = self.resolve_output_dir()
+            self.written = save_invariant_sets(self.results, out, self.cutoffs,
+                                               {**self.algorithm.as_dict(),
+                                                "stopped": bool(self.stop_requested)})
+            log.info("invariant sets of %d queries written to %s/ (%s)",
+                     len(self.results["index"]), out,
+                     ", ".join(p.name for p in self.written))
 
 
 def summarize(results: dict[str, Tensor]) -> dict[str, float]:
