@@ -116,6 +116,8 @@ COVERAGE: dict[str, list[str] | str] = {
     "lightning-fv invariant": TINY_INVARIANT,
     'lightning-fv invariant --classes "[0,3,8]" --samples_per_query 4 --algorithm.budget 128':
         TINY_INVARIANT,
+    # reruns the config the README's invariant line saved (tiny in make test, so as written)
+    "lightning-fv predict --config outputs/invariant/version_0/config.yaml": [],
     # docs/manipulation.md
     "python scripts/manipulation_miniature.py": SLOW,
     "lightning-fv fit --config examples/configs/detector_photo_patches.yaml": SLOW,
@@ -183,6 +185,7 @@ ORDER = [
     "lightning-fv train-detector --config examples/configs/manipulate_train_detector.yaml",
     "lightning-fv manipulate --config examples/configs/manipulate_silent.yaml",
     "lightning-fv render-comparison --manipulated_path outputs/manipulation/silent.safetensors",
+    "lightning-fv predict --config outputs/invariant/version_0/config.yaml",
 ]
 
 
