@@ -1,24 +1,34 @@
-"""Pixel vs Fourier vs MACO vs feature accentuation on the bundled photo CNN (issue 15 §5).
+"""Pixel vs Fourier vs MACO vs feature accentuation on a bundled photo model (issue 15 §5):
+the SmallCNN (``--model photo_patches``, default) or the tiny ViT
+(``--model photo_patches_vit``).
 
-For 16 units (``fc:0-9``, ``block4:0-5``) each method renders one image per unit as one
-batch; the script reports the objective reached and the fraction of images that the
-package's visualization detector (Table 3 architecture, `dont-trust-your-eyes…` App. C.1)
-calls natural, writes ``docs/figures/maco_comparison.png`` and prints a Markdown table
-(the one in ``docs/maco.md``).
+For 16 units (CNN: ``fc:0-9``, ``block4:0-5``; ViT: ``head:0-9``, ``blocks.3:0-5``, channels
+averaged over the patch tokens) each method renders one image per unit as one batch; the
+script reports the objective reached and the fraction of images that the package's
+visualization detector (Table 3 architecture, `dont-trust-your-eyes…` App. C.1) calls
+natural, and prints a Markdown table (the ones in ``docs/maco.md``).
 
 The detector is trained here in about a minute: natural = 240 training photo patches,
 visualizations = the 15 log-spaced trajectory images (``record="log"``) of standard Fourier
-renders of ``block3`` units 0–15 (disjoint from the compared units); it is checked on
-validation patches and the trajectories of ``block3`` units 16–23.
+renders of units 0–15 of the model's third stage (CNN ``block3``, ViT ``blocks.2``; disjoint
+from the compared units); it is checked on validation patches and the trajectories of units
+16–23 of the same layer.
+
+Writes the figure and ``results.json`` to a fresh ``<out>/version_N`` folder
+(``outputs/maco_comparison`` by default); ``--figures docs/figures`` also copies the figure
+there (``maco_comparison.png``, for the ViT ``maco_comparison_vit.png``).
 
     OMP_NUM_THREADS=2 python -u scripts/maco_comparison.py --steps 64   # ~5 min, 2 CPU cores
+    OMP_NUM_THREADS=2 python -u scripts/maco_comparison.py --steps 64 --model photo_patches_vit
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,20 +43,47 @@ from lightning_fv.optvis.hooks import capture, parse_units
 from lightning_fv.optvis.maco import render_maco
 from lightning_fv.optvis.objectives import units_objective
 from lightning_fv.optvis.render import render_units
+from lightning_fv.utils.files import next_version_dir
 from lightning_fv.utils.images import save_grid
 
-SIZE = 64  # the bundled CNN's training size
+SIZE = 64  # the bundled models' input size
 
 
-def train_detector(net: torch.nn.Module, steps: int,
+@dataclass(frozen=True)
+class Setup:
+    """The layer names one bundled model is compared on.
+
+    Attributes:
+        units: the 16 compared units (class logits and units of the last stage).
+        detector_layer: the layer whose units 0–15 (training) and 16–23 (checking) give the
+            detector's visualization trajectories (disjoint from ``units``).
+        accent_layer: accentuation's regularized layer.
+        figure: the file name of the figure.
+    """
+
+    units: str
+    detector_layer: str
+    accent_layer: str
+    figure: str
+
+
+SETUPS = {
+    "photo_patches": Setup("fc:0-9, block4:0-5", "block3", "block2", "maco_comparison.png"),
+    "photo_patches_vit": Setup("head:0-9, blocks.3:0-5", "blocks.2", "blocks.1",
+                               "maco_comparison_vit.png"),
+}
+
+
+def train_detector(net: torch.nn.Module, steps: int, layer: str = "block3",
                    epochs: int = 6) -> tuple[DetectorCNN, dict]:
-    """A detector on photo patches vs standard-render trajectories (SGD, App. C.1 settings)."""
+    """A detector on photo patches vs standard-render trajectories of ``layer``'s units
+    (SGD, App. C.1 settings)."""
     def trajectories(units: str) -> torch.Tensor:
         res = render_units(net, units, thresholds=(steps,), image_size=SIZE, record="log",
                            record_grads=False, seed=1)
         return res.trajectory.images.flatten(0, 1)
 
-    vis_tr, vis_va = trajectories("block3:0-15"), trajectories("block3:16-23")
+    vis_tr, vis_va = trajectories(f"{layer}:0-15"), trajectories(f"{layer}:16-23")
     nat_tr, _ = photo_patches("train", n_per_class=24, size=SIZE)
     nat_va, _ = photo_patches("val", n_per_class=20, size=SIZE)
     x = torch.cat([nat_tr, vis_tr])
@@ -71,7 +108,7 @@ def train_detector(net: torch.nn.Module, steps: int,
 @torch.no_grad()
 def whole_image_values(net: torch.nn.Module, units: list[str],
                        images: torch.Tensor) -> torch.Tensor:
-    """Each unit's objective on its whole image, resized to the CNN's 64 px."""
+    """Each unit's objective on its whole image, resized to the model's 64 px."""
     x = images if images.shape[-1] == SIZE else F.interpolate(
         images, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
     obj = units_objective(parse_units(units))
@@ -83,16 +120,22 @@ def whole_image_values(net: torch.nn.Module, units: list[str],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=64)
-    ap.add_argument("--out", default="docs/figures/maco_comparison.png")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--model", choices=sorted(SETUPS), default="photo_patches",
+                    help="the bundled model: the SmallCNN or the tiny ViT")
+    ap.add_argument("--out", default="outputs/maco_comparison",
+                    help="root of the versioned result folders (version_N)")
+    ap.add_argument("--figures", default=None,
+                    help="also copy the figure into this folder (e.g. docs/figures)")
     args = ap.parse_args()
     t_all = time.time()
-    net = bundled_model("photo_patches").eval()
-    units = [str(u) for u in parse_units("fc:0-9, block4:0-5")]
+    setup = SETUPS[args.model]
+    out_dir = next_version_dir(args.out)
+    net = bundled_model(args.model).eval()
+    units = [str(u) for u in parse_units(setup.units)]
     n = len(units)
 
     t0 = time.time()
-    det, det_acc = train_detector(net, args.steps)
+    det, det_acc = train_detector(net, args.steps, setup.detector_layer)
     print(f"detector: {det_acc} ({time.time() - t0:.0f} s)")
 
     runs: dict[str, dict] = {}
@@ -119,8 +162,8 @@ def main() -> None:
     record("maco", m.images_01(), m.values, time.time() - t0)
     t0 = time.time()
     seeds = seed_photos(n, SIZE)
-    a = accentuate(net, units, seeds, layer="block2", weight=DEFAULT_WEIGHT, steps=args.steps,
-                   seed=0)
+    a = accentuate(net, units, seeds, layer=setup.accent_layer, weight=DEFAULT_WEIGHT,
+                   steps=args.steps, seed=0)
     record("accentuation", a.images, a.values, time.time() - t0)
     with torch.no_grad():
         p_seed = torch.sigmoid(det(seeds))
@@ -138,27 +181,32 @@ def main() -> None:
         print(row)
     print(f"| (the accentuation seeds) | — | {float(start.mean()):.2f} | "
           f"{float((p_seed > 0.5).float().mean()):.0%} | — |")
-    print(f"accentuation: D(block2) mean {float(a.distances.mean()):.4f}; total "
-          f"{time.time() - t_all:.0f} s")
+    total = time.time() - t_all
+    print(f"accentuation: D({setup.accent_layer}) mean {float(a.distances.mean()):.4f}; total "
+          f"{total:.0f} s")
 
     grid = torch.cat([F.interpolate(runs[k]["images"], size=(SIZE, SIZE), mode="bilinear",
                                     antialias=True, align_corners=False)
                       if runs[k]["images"].shape[-1] != SIZE else runs[k]["images"]
                       for k in runs] + [seeds])
     names = list(runs) + ["seed"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_grid(grid, args.out, nrow=n, labels=[u for _ in names for u in units],
+    figure = out_dir / setup.figure
+    save_grid(grid, figure, nrow=n, labels=[u for _ in names for u in units],
               row_labels=names, tile_size=96)
-    print(f"wrote {args.out}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "detector": det_acc, "units": units, "steps": args.steps,
-            "seed_objective_whole": float(start.mean()),
-            "seed_called_natural": float((p_seed > 0.5).float().mean()),
-            "accentuation_distance_block2": float(a.distances.mean()),
-            **{k: {"optimized": float(v["optimized"].mean()), "whole": float(v["whole"].mean()),
-                   "natural": v["natural"], "seconds": v["seconds"]} for k, v in runs.items()},
-        }, indent=2))
+    (out_dir / "results.json").write_text(json.dumps({
+        "model": args.model, "detector": det_acc, "units": units, "steps": args.steps,
+        "seed_objective_whole": float(start.mean()),
+        "seed_called_natural": float((p_seed > 0.5).float().mean()),
+        "accentuation_layer": setup.accent_layer,
+        "accentuation_distance": float(a.distances.mean()), "total_seconds": total,
+        **{k: {"optimized": float(v["optimized"].mean()), "whole": float(v["whole"].mean()),
+               "natural": v["natural"], "seconds": v["seconds"]} for k, v in runs.items()},
+    }, indent=2))
+    print(f"wrote {figure} and {out_dir / 'results.json'}")
+    if args.figures:
+        Path(args.figures).mkdir(parents=True, exist_ok=True)
+        copy = shutil.copy(figure, Path(args.figures) / setup.figure)
+        print(f"copied the figure to {copy}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from lightning_fv.optvis.accentuation import DEFAULT_WEIGHT, accentuate
 from lightning_fv.optvis.hooks import parse_unit, parse_units
 from lightning_fv.optvis.maco import DEFAULT_MACO_PRESET, maco_config, render_maco
 from lightning_fv.optvis.render import render_units
+from lightning_fv.optvis.transform import model_input_size
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class FeatureVisualizationCallback(ScheduledCallback):
             fire on these renders.
         method: ``"standard"`` (:func:`~lightning_fv.optvis.render_units`), ``"maco"``
             (:func:`~lightning_fv.optvis.maco.render_maco`: a ``canvas_size`` image seen
-            through ``image_size`` crops, the embedded photos' spectrum; the logged tiles
+            through ``image_size`` crops (the size the model enforces, for a ViT with a
+            fixed input size), the embedded photos' spectrum; the logged tiles
             are the canvas) or ``"accentuation"``
             (:func:`~lightning_fv.optvis.accentuation.accentuate`: unit ``i`` accentuated in
             the ``i mod n``-th of the ``n`` validation images the callback keeps, up to
@@ -187,7 +189,8 @@ class FeatureVisualizationCallback(ScheduledCallback):
         if self.method == "maco":
             res = render_maco(net, items, config=self.maco_preset, steps=self.steps,
                               spectrum=photo_spectrum(self.canvas_size),
-                              image_size=self.canvas_size, input_size=self.image_size,
+                              image_size=self.canvas_size,
+                              input_size=None if model_input_size(net) else self.image_size,
                               seed=self.seed, batch_size=self.batch_size,
                               progress=self.progress)
             return {"image": res.images_01(), "value": res.values}

@@ -34,6 +34,7 @@ from lightning_fv.optvis.maco import (
 )
 from lightning_fv.optvis.objectives import units_objective
 from lightning_fv.optvis.render import render
+from lightning_fv.optvis.transform import model_input_size
 from lightning_fv.utils.checkpoint import save_tensors
 from lightning_fv.utils.console import StepProgress
 from lightning_fv.utils.device import model_device, model_dtype
@@ -327,7 +328,9 @@ class FeatureVisualizer(L.LightningModule):
         if self.method == "maco":
             res = render_maco(self.net, names, config=self.maco_preset, steps=steps,
                               spectrum=photo_spectrum(self.canvas_size),
-                              image_size=self.canvas_size, input_size=self.image_size,
+                              image_size=self.canvas_size,
+                              # crops of the size a fixed-size model (a ViT) enforces
+                              input_size=None if model_input_size(self.net) else self.image_size,
                               normalize=normalize, seed=self.seed,  # type: ignore[arg-type]
                               progress=report)  # type: ignore[arg-type]
             return res.images_01(), res.values

@@ -31,11 +31,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_fv.optvis.hooks import Unit, capture, parse_units, preserved_state, record
+from lightning_fv.optvis.hooks import (
+    Activations,
+    Unit,
+    capture,
+    parse_units,
+    preserved_state,
+    record,
+)
 from lightning_fv.optvis.objectives import INPUT, OUTPUT, Objective, units_objective
 from lightning_fv.optvis.param import ImageParam
 from lightning_fv.optvis.render import RenderResult, render
-from lightning_fv.optvis.transform import TransformLike, standard_transforms
+from lightning_fv.optvis.transform import (
+    TransformLike,
+    fit_to_input,
+    resolve_input_size,
+    standard_transforms,
+)
 from lightning_fv.utils.device import model_device, model_dtype
 from lightning_fv.utils.preprocess import NormalizeLike, as_normalize
 
@@ -66,15 +78,24 @@ def _split_pair(x: Tensor) -> Tensor:
     return torch.cat([x[:, :c], x[:, c:]], 0)
 
 
+def _keeping_layouts(values: dict[str, Tensor], recorded: dict[str, Tensor]) -> Activations:
+    """``values`` as :class:`Activations` with the layouts ``capture`` recorded in
+    ``recorded``, so that a unit of a token layer still leaves out the prefix tokens (a
+    plain dict would fall back to guessing the layout from the rank alone)."""
+    out = Activations(values)
+    out.layouts = dict(getattr(recorded, "layouts", {}))
+    return out
+
+
 def image_rows(objective: Objective) -> Objective:
     """``objective`` evaluated on the image rows only: when a forward saw ``2B`` rows
     (images then seeds, see :func:`seed_distance`), every activation is cut to its first
-    ``B`` rows (``B`` = the rows of :data:`INPUT`)."""
+    ``B`` rows (``B`` = the rows of :data:`INPUT`); the recorded layouts are kept."""
 
     def fn(a: dict[str, Tensor]) -> Tensor:
         b = a[INPUT].shape[0]
         view = {k: (v[:b] if k != INPUT and v.shape[0] == 2 * b else v) for k, v in a.items()}
-        return objective(view)
+        return objective(_keeping_layouts(view, a))
 
     return Objective(fn, objective.layers, objective.name)
 
@@ -132,20 +153,24 @@ def _resize(images: Tensor, size: int | tuple[int, int] | None) -> Tensor:
 
 @torch.no_grad()
 def accentuation_terms(model: nn.Module, units: str | Sequence[str | Unit], images: Tensor,
-                       seeds: Tensor, layer: str | None, normalize: NormalizeLike = None
+                       seeds: Tensor, layer: str | None, normalize: NormalizeLike = None,
+                       input_size: int | tuple[int, int] | str | None = "auto"
                        ) -> tuple[Tensor, Tensor]:
     """``(f_u(x), D_l(x, x₀))`` of untransformed ``images`` against ``seeds`` (both
-    ``(B, 3, H, W)`` in [0, 1]), each ``(B,)`` on the CPU; ``D`` is 0 without a layer."""
+    ``(B, 3, H, W)`` in [0, 1]), each ``(B,)`` on the CPU; ``D`` is 0 without a layer.
+    Both are resized to the model's input size first (``input_size`` as in
+    :func:`~lightning_fv.optvis.render.render`: ``"auto"`` reads the size a ViT enforces)."""
     parsed = parse_units(units, model)
     device = model_device(model)
+    fixed = resolve_input_size(model, input_size)
     norm = as_normalize(normalize, device)
     obj = units_objective(parsed)
     layers = list(obj.model_layers) + ([layer] if layer else [])
     with preserved_state(model), capture(model, layers) as acts:
         def run(x: Tensor) -> dict[str, Tensor]:
-            x = x.to(device, torch.float32)
+            x = fit_to_input(x.to(device, torch.float32), fixed)
             out = model((norm(x) if norm is not None else x).to(model_dtype(model)))
-            got = {k: acts[k] for k in layers}
+            got = _keeping_layouts({k: acts[k] for k in layers}, acts)
             got[OUTPUT], got[INPUT] = out, x
             return got
 
@@ -198,6 +223,9 @@ def accentuate(
         preset: render preset; ``"lucent"`` (default) does not redirect ReLU gradients,
             which a start from a natural image does not need.
         **render_kwargs: further :func:`render` options (``autocast_dtype``, ``record``…).
+            ``input_size`` (default ``"auto"``) also applies to the seed's reference
+            activations and the returned ``values``/``distances``: a model with a fixed
+            input size (a ViT) sees image and seed resized to it, whatever ``image_size``.
 
     Returns:
         :class:`AccentuationResult`.
@@ -216,13 +244,15 @@ def accentuate(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = model_device(model)
+    fixed = resolve_input_size(model, render_kwargs.get("input_size", "auto"))
     kwargs = dict(param or {})
     # the seed as the parameterization reproduces it (sigmoid clipping), so D = 0 at step 0
     x0 = ImageParam.from_images(seeds.to(device), **kwargs)().detach()
     objective = image_rows(units_objective(parsed))
     if layer is not None:
         norm = as_normalize(normalize, device)
-        ref = record(model, [layer], x0, preprocess=norm, batch_size=max(1, len(x0)))[layer]
+        ref = record(model, [layer], fit_to_input(x0, fixed), preprocess=norm,
+                     batch_size=max(1, len(x0)))[layer]
         objective = objective - weight * seed_distance(layer, ref)
     if isinstance(transforms, str) and transforms not in ("standard", "none"):
         raise ValueError(f"unknown transforms {transforms!r}; valid: 'standard', 'none', "
@@ -235,6 +265,7 @@ def accentuate(
                  init_images=x0, normalize=normalize, seed=seed, progress=progress,
                  unit_names=[str(u) for u in parsed], preset=preset,
                  **render_kwargs)  # type: ignore[arg-type]
-    values, dist = accentuation_terms(model, parsed, res.final, x0.cpu(), layer, normalize)
+    values, dist = accentuation_terms(model, parsed, res.final, x0.cpu(), layer, normalize,
+                                      input_size=fixed)
     return AccentuationResult(res.final, values, dist, x0.float().cpu(),
                               [str(u) for u in parsed], res)

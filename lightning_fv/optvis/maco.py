@@ -38,6 +38,7 @@ from lightning_fv.optvis.hooks import Unit, capture, parse_units, preserved_stat
 from lightning_fv.optvis.objectives import INPUT, OUTPUT, Objective, units_objective
 from lightning_fv.optvis.param import IMAGENET_COLOR_CORRELATION
 from lightning_fv.optvis.render import chunked_sweep
+from lightning_fv.optvis.transform import model_input_size as enforced_input_size
 from lightning_fv.utils.device import model_device, model_dtype
 from lightning_fv.utils.preprocess import NormalizeLike, as_normalize
 from lightning_fv.utils.rng import make_generator
@@ -364,8 +365,18 @@ def maco_config(config: MacoConfig | str = DEFAULT_MACO_PRESET, **overrides: obj
 
 
 def model_input_size(model: nn.Module, default: int = 224) -> int:
-    """The input side a model expects: timm's ``pretrained_cfg["input_size"]`` (or
-    ``default_cfg``) when present, else ``default`` (Horama's ``model_input_size``)."""
+    """The input side a model expects: the size it enforces
+    (:func:`lightning_fv.optvis.transform.model_input_size`, e.g. a timm ViT's
+    ``patch_embed.img_size``, which wins over a config that ``img_size=`` overrode), else
+    timm's ``pretrained_cfg["input_size"]`` (or ``default_cfg``) when present, else
+    ``default`` (Horama's ``model_input_size``). MACO crops are square: a model that
+    enforces a non-square input raises :class:`ValueError` naming it."""
+    enforced = enforced_input_size(model)
+    if enforced is not None:
+        if enforced[0] != enforced[1]:
+            raise ValueError(f"MACO feeds square crops; the model enforces a "
+                             f"{enforced[0]}x{enforced[1]} input")
+        return int(enforced[0])
     for attr in ("pretrained_cfg", "default_cfg"):
         cfg = getattr(model, attr, None)
         if isinstance(cfg, dict) and "input_size" in cfg:
