@@ -62,6 +62,9 @@ def ifv(
     output_dir: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    preset: str = "lucid",
+    redirect_relu_steps: int | None = None,
+    parameterization: str = "p_rgb",
 ) -> list[str]:
     """Sample Hoyer-sparse targets on ``layer``, visualize them, recover them with Grad-IFV
     and evaluate (angles, α_j, SSIM after re-optimization); write ``metrics.json``,
@@ -91,6 +94,15 @@ def ifv(
         overwrite: allow writing into a folder that already holds a result.
         progress: progress over the realizations' optimizer steps (when the experiment
             reports it) and one log line per stage; ``--progress false`` for scripts.
+        preset: rendering preset of the Adam phases (realizations and re-optimization):
+            ``"lucid"`` (default: 16 steps of redirected-ReLU warm-up) or ``"lucent"`` (none:
+            plain Adam as in §3.2 of the paper); see
+            :data:`lightning_fv.optvis.render.PRESETS`.
+        redirect_relu_steps: the warm-up in steps; overrides the preset's when given.
+        parameterization: the image parameterization ``P`` whose raw parameters Grad-IFV
+            differentiates: ``"p_rgb"`` (default, §3.2: sigmoid of unbounded RGB pixels),
+            ``"p_fft"`` or ``"p_ffte"`` (§3.6), see
+            :data:`lightning_fv.optvis.param.IFV_PARAMETERIZATIONS`.
 
     Returns:
         The written file paths.
@@ -99,9 +111,15 @@ def ifv(
     from lightning_fv.analysis.figures import ifv_figure
     from lightning_fv.ifv import critical_space, jacobian_gram, run_ifv
     from lightning_fv.ifv.jacobian import feature_jacobian
-    from lightning_fv.optvis.param import ImageParam
+    from lightning_fv.optvis.param import ImageParam, ifv_parameterization
+    from lightning_fv.optvis.render import preset_settings
     from lightning_fv.utils.images import save_grid
 
+    warmup = (preset_settings(preset)["redirect_relu_steps"] if redirect_relu_steps is None
+              else redirect_relu_steps)
+    if warmup < 0:
+        raise ValueError(f"redirect_relu_steps must be >= 0, got {redirect_relu_steps}")
+    param_kw = ifv_parameterization(parameterization)
     dev = resolve_device(device)
     out = output_folder(output_dir, DEFAULT_ROOT, overwrite=overwrite)
     net = build_model(model, checkpoint_path=checkpoint_path).to(dev).eval()
@@ -113,12 +131,14 @@ def ifv(
     jdtype = dtypes[jacobian_dtype] if jacobian_dtype is not None else None
     kwargs = dict(n_canonical=n_canonical, k=k, steps=steps, lbfgs_steps=lbfgs_steps,
                   image_size=image_size, aggregation=aggregation, normalize=norm, seed=seed,
-                  chunk_size=chunk_size, jacobian_dtype=jdtype)
+                  chunk_size=chunk_size, jacobian_dtype=jdtype,
+                  redirect_relu_steps=warmup, param=param_kw)
     bar = _LazyBar(f"ifv: realize {n_targets + n_canonical} target(s)", progress)
     kwargs["progress"] = bar
     t0 = time.time()
     log.info("ifv: %d target(s) on %s, %d Adam + %d L-BFGS steps each, %d re-optimization "
-             "steps%s", n_targets + n_canonical, layer, steps, lbfgs_steps, reopt_steps,
+             "steps, %s, ReLU warm-up %d steps%s", n_targets + n_canonical, layer, steps,
+             lbfgs_steps, reopt_steps, parameterization, warmup,
              " (critical space first)" if critical_rho is not None else "")
     critical = None
     if critical_rho is not None:
@@ -128,7 +148,7 @@ def ifv(
                             **{**kwargs, "progress": probe_bar})
         finally:
             probe_bar.close()
-        param = ImageParam.from_images(probe.images.to(dev), fft=False, decorrelate=False)
+        param = ImageParam.from_images(probe.images.to(dev), **param_kw)
         _, jac = feature_jacobian(net, layer, param.raw.detach(), param,
                                   aggregation=aggregation, normalize=norm,
                                   chunk_size=chunk_size, compute_dtype=jdtype)
@@ -144,7 +164,10 @@ def ifv(
     summary = res.summary()
     if critical is not None:
         summary["critical_dim"] = float(critical.shape[1])
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    settings = {"parameterization": parameterization, "redirect_relu_steps": warmup,
+                "steps": steps, "lbfgs_steps": lbfgs_steps, "reopt_steps": reopt_steps}
+    # the numbers, and the rendering settings they came from
+    (out / "metrics.json").write_text(json.dumps({**summary, "settings": settings}, indent=2))
     fig = ifv_figure(res)
     fig.savefig(out / "ifv.png", dpi=120)
     import matplotlib.pyplot as plt

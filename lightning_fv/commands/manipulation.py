@@ -1,6 +1,14 @@
 """``lightning-fv`` commands for `dont-trust-your-eyes…` §2: train the visualization
 detector (App. C.1), build a manipulated model (fooling circuit §2.1 or silent units §2.2)
-and save it as safetensors, and render before/after grids (Fig. 2, Fig. 5)."""
+and save it as safetensors, and render before/after grids (Fig. 2, Fig. 5).
+
+At paper scale the model is a torchvision/timm name with local weights (``checkpoint_path``,
+read weights-only through :mod:`lightning_fv.utils.checkpoint`) and its input
+normalization (``mean``/``std``, never guessed). The manipulated model takes [0, 1] pixels:
+its normalization is applied *after* the fooling gate has seen the pixels (the detector
+of App. C.1 is trained on pixels), as a forward pre-hook registered after the gate's
+(:func:`~lightning_fv.utils.preprocess.normalized_input`).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +17,13 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from lightning_fv.data.embedded import EMBEDDED, load_photos
 from lightning_fv.models import build_model
 from lightning_fv.utils.device import resolve_device
 from lightning_fv.utils.files import apply_umask, output_file
+from lightning_fv.utils.preprocess import check_mean_std, normalized_input
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +123,34 @@ def _load_images(images: list[str], size: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+def natural_images(natural: str, split: str = "train", n_per_class: int | None = 100,
+                   image_size: int = 64) -> Tensor:
+    """Natural images ``(N, 3, image_size, image_size)`` in [0, 1] RGB: an embedded set
+    (``"photo_patches"``: ``n_per_class`` patches per class; ``"digits"``: the whole split)
+    or the root of an ImageFolder ``root/{train,val}/<class>/*`` (the first ``n_per_class``
+    images of each class folder of ``split``, ``None`` for all; resized and centre-cropped).
+
+    Raises:
+        ValueError: an unknown embedded set that is no folder either, or a bad ``split``.
+    """
+    from lightning_fv.data.folders import image_folder, load_images
+
+    if split not in ("train", "val"):
+        raise ValueError(f"natural_split must be 'train' or 'val', got {split!r}")
+    if natural == "photo_patches":
+        if n_per_class is None:
+            raise ValueError("n_natural_per_class=None (all images) needs an ImageFolder "
+                             "natural set; give a number of photo patches per class")
+        return EMBEDDED[natural](split, n_per_class, image_size)[0]
+    if natural == "digits":
+        return EMBEDDED[natural](split, image_size)[0]
+    if Path(natural).is_dir():
+        return load_images(image_folder(natural, image_size, split, per_class=n_per_class))[0]
+    raise ValueError(f"unknown natural data set {natural!r}: neither an embedded set "
+                     f"{sorted(EMBEDDED)} nor an existing ImageFolder root (a folder holding "
+                     f"{split}/<class>/*)")
+
+
 def manipulate(
     model: str = "bundled:photo_patches",
     method: str = "permute",
@@ -135,6 +173,11 @@ def manipulate(
     percentile: float = 99.0,
     output: str = "outputs/manipulation/manipulated.safetensors",
     overwrite: bool = False,
+    checkpoint_path: str | None = None,
+    num_classes: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    natural_split: str = "train",
 ) -> str:
     """Build a manipulated model and save it (safetensors with the manipulation recipe).
 
@@ -149,7 +192,10 @@ def manipulate(
             ``0..len(images)-1``).
         images: ``photo:NAME`` or image files to embed (``embed``).
         k, mode: fooling-circuit constant and sign handling (``relu``/``split``/``offset``).
-        natural, n_natural_per_class, image_size: natural images that set the silent bias.
+        natural, n_natural_per_class, image_size, natural_split: natural images that set
+            the silent bias (:func:`natural_images`): an embedded set or the root of an
+            ImageFolder (the notebook uses the ImageNet validation set:
+            ``natural_split="val"``); ``n_natural_per_class=None`` takes every image.
         pattern: the silent units' shared target pattern: ``visualization`` (the authors'
             recipe: render unit ``pattern_unit`` of ``layer`` for ``pattern_steps`` steps and
             take the filter that image activates most, :func:`pattern_from_image`),
@@ -159,11 +205,21 @@ def manipulate(
             (α = 100, β = 300; ``examples/configs/manipulate_silent.yaml`` uses β = 1000).
         output: output file (an existing file is refused unless ``overwrite``).
         overwrite: replace an existing ``output``.
+        checkpoint_path: local weights for ``model`` (safetensors, a weights-only
+            ``torch.save`` file or a Lightning checkpoint; pickled code is refused), e.g.
+            torchvision's ``resnet50-0676ba61.pth``. Without it a torchvision/timm name is
+            built with random weights. The output file holds all weights either way.
+        num_classes: output classes of a torchvision/timm ``model``.
+        mean, std: the model's input normalization (both or neither), e.g. ImageNet's for
+            torchvision weights. ``silent`` renders its target and records the natural
+            activations through it; the fooling circuit needs no forward pass to build
+            (its gate sees [0, 1] pixels). Pass the same values to ``render-comparison``.
 
     Returns:
         The written path.
     """
     output_file(output, overwrite=overwrite)
+    norm = check_mean_std(mean, std)
     from lightning_fv.manipulation import (
         embed_images,
         pattern_from_unit,
@@ -173,7 +229,7 @@ def manipulate(
     )
     from lightning_fv.optvis.hooks import get_layer
 
-    net = build_model(model).eval()
+    net = build_model(model, num_classes=num_classes, checkpoint_path=checkpoint_path).eval()
     if method in ("permute", "embed"):
         if detector_path is None:
             raise ValueError(f"method {method!r} needs detector_path (train_detector's output)")
@@ -188,8 +244,7 @@ def manipulate(
             new = embed_images(net, layer, det, _load_images(images, image_size), channels=channels,
                                k=k, mode=mode)
     elif method == "silent":
-        xn, _ = EMBEDDED[natural]("train", n_natural_per_class, image_size) \
-            if natural == "photo_patches" else EMBEDDED[natural]("train", image_size)
+        xn = natural_images(natural, natural_split, n_natural_per_class, image_size)
         if pattern == "filter":
             mod = get_layer(net, layer)
             conv = get_layer(net, f"{layer}.conv" if hasattr(mod, "conv") else layer)
@@ -198,9 +253,13 @@ def manipulate(
             pat = pattern  # the visualization is rendered by silence_block (the recipe)
         else:
             raise ValueError(f"unknown pattern {pattern!r}; valid: visualization, filter, random")
-        new = silence_block(net, layer, xn, pattern=pat, alpha=alpha, beta=beta, bias=bias,
-                            percentile=percentile, channels=channels,
-                            pattern_unit=pattern_unit, pattern_steps=pattern_steps)
+        # in place on the model built here, so the normalization hook (removed on exit)
+        # is on the very module that renders the target and records the natural inputs
+        with normalized_input(net, norm):
+            new = silence_block(net, layer, xn, pattern=pat, alpha=alpha, beta=beta,
+                                bias=bias, percentile=percentile, channels=channels,
+                                pattern_unit=pattern_unit, pattern_steps=pattern_steps,
+                                inplace=True)
     else:
         raise ValueError(f"unknown method {method!r}; valid: permute, embed, silent")
     path = save_manipulated(new, output, base=model)
@@ -220,6 +279,10 @@ def render_comparison(
     output: str = "outputs/manipulation/before_after.png",
     overwrite: bool = False,
     progress: bool = True,
+    checkpoint_path: str | None = None,
+    num_classes: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
 ) -> str:
     """Render ``units`` of the original (top row) and the manipulated model (bottom row)
     with the same seeds and save the grid (Fig. 2 / Fig. 5 style).
@@ -237,6 +300,11 @@ def render_comparison(
             existing file is refused unless ``overwrite``).
         overwrite: replace an existing ``output``.
         progress: progress bar over units × steps for each model.
+        checkpoint_path, num_classes: the original model's weights and classes, as given to
+            :func:`manipulate` (the top row is rendered from them; without
+            ``checkpoint_path`` a torchvision/timm name has random weights).
+        mean, std: the model's input normalization, as given to :func:`manipulate`; both
+            models take [0, 1] pixels and normalize after the fooling gate.
     """
     from lightning_fv.manipulation import load_manipulated
     from lightning_fv.manipulation.io import read_manipulation_metadata
@@ -248,16 +316,20 @@ def render_comparison(
     name = model or meta.get("base")
     if not name:
         raise ValueError("the file does not record its base model; pass model=")
+    norm = check_mean_std(mean, std)
     dev = resolve_device(device)
-    base = build_model(str(name)).eval()
+    base = build_model(str(name), num_classes=num_classes,
+                       checkpoint_path=checkpoint_path).eval()
     new = load_manipulated(base, manipulated_path).to(dev)
     base = base.to(dev)
     if not units:
         layer = meta["manipulations"][-1]["layer"]  # type: ignore[index]
         units = [f"{layer}:{i}" for i in range(10)]
     kw = dict(thresholds=(steps,), image_size=image_size, seed=seed, progress=progress)
-    before = render_units(base, units, **kw)
-    after = render_units(new, units, **kw)
+    # the normalization hook is registered after the gate's, so the gate sees pixels
+    with normalized_input(base, norm), normalized_input(new, norm):
+        before = render_units(base, units, **kw)
+        after = render_units(new, units, **kw)
     path = save_grid(torch.cat([before.final, after.final]), output, nrow=len(units),
                      labels=list(units) * 2,
                      values=torch.cat([before.values[steps], after.values[steps]]),
@@ -272,4 +344,4 @@ def render_comparison(
     return str(path)
 
 
-__all__ = ["manipulate", "render_comparison", "train_detector"]
+__all__ = ["manipulate", "natural_images", "render_comparison", "train_detector"]

@@ -8,6 +8,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_fv.data.embedded import PHOTO_CLASSES, digits, photo_patches
+from lightning_fv.data.folders import (
+    FOLDER_DATASETS,
+    check_class_indices,
+    filter_classes,
+    image_folder,
+    image_transform,
+)
 
 
 class _TensorDataModule(L.LightningDataModule):
@@ -98,39 +105,52 @@ class TorchvisionDataModule(L.LightningDataModule):
             ``"MNIST"``, …). Nothing is downloaded.
         image_size: images are resized (short side) and centre-cropped to this size, as
             [0, 1] RGB tensors; normalization belongs to the model.
+        class_indices: keep only the samples of these classes, in both splits, with their
+            **original** labels (label ``c`` stays output ``c`` of the model), e.g. the ten
+            classes ``[20, 71, 102, 106, 121, 270, 435, 614, 700, 860]`` of
+            `dont-trust-your-eyes…` App. C.3. ``None``: all classes. For ``ImageFolder``
+            the labels are the sorted class folders' positions, so the folder must hold
+            every class folder of the model (all 1000 synsets for ImageNet). A class that
+            is not a label of the data set, or has no image in a split, raises. (Named
+            ``class_indices``, not ``classes``: a data module's ``classes`` are class
+            *names* elsewhere in the package.)
+        batch_size, num_workers: loader settings.
     """
 
     def __init__(self, root: str, dataset: str = "ImageFolder", image_size: int = 224,
-                 batch_size: int = 64, num_workers: int = 4) -> None:
+                 batch_size: int = 64, num_workers: int = 4,
+                 class_indices: list[int] | None = None) -> None:
         super().__init__()
         self.root = root
         self.dataset = dataset
         self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.class_indices = check_class_indices(class_indices)
 
     def _make(self, train: bool) -> Dataset:
         import os
 
         import torchvision
-        from torchvision import transforms as T
 
-        tf = T.Compose([
-            T.Lambda(lambda im: im.convert("RGB") if hasattr(im, "convert") else im),
-            T.Resize(self.image_size),
-            T.CenterCrop(self.image_size),
-            T.ToTensor(),
-        ])
+        split = "train" if train else "val"
         if not hasattr(torchvision.datasets, self.dataset):
-            raise ValueError(f"unknown torchvision dataset {self.dataset!r}")
+            raise ValueError(f"unknown torchvision dataset {self.dataset!r}; valid: "
+                             "'ImageFolder' or a class of torchvision.datasets (e.g. "
+                             "'CIFAR10', 'MNIST')")
+        if self.dataset == "ImageFolder":
+            return image_folder(self.root, self.image_size, split, self.class_indices)
+        tf = image_transform(self.image_size)
         cls = getattr(torchvision.datasets, self.dataset)
-        if self.dataset in ("ImageFolder", "DatasetFolder"):
-            sub = os.path.join(self.root, "train" if train else "val")
-            return cls(sub, transform=tf)
-        try:
-            return cls(self.root, train=train, transform=tf, download=False)
-        except TypeError:
-            return cls(self.root, split="train" if train else "val", transform=tf)
+        if self.dataset in FOLDER_DATASETS:
+            ds = cls(os.path.join(self.root, split), transform=tf)
+        else:
+            try:
+                ds = cls(self.root, train=train, transform=tf, download=False)
+            except TypeError:
+                ds = cls(self.root, split=split, transform=tf)
+        return filter_classes(ds, self.class_indices, name=f"{self.dataset}({self.root!r}, "
+                                                           f"{split})")
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = self._make(True)

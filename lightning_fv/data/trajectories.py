@@ -6,7 +6,14 @@ each) and ``n_log_steps`` = 15 steps of each optimization are kept, sampled
 logarithmically (:func:`lightning_fv.optvis.render.log_spaced_steps`). The units of the
 training and the test split are disjoint (C.1: "we use different units for the two
 sets"), chosen by a seeded permutation. Natural images of the two splits are the
-disjoint train/val splits of the embedded data sets.
+disjoint train/val splits of the embedded data sets, or of an ``ImageFolder``
+(``root/{train,val}/<class>/*``; C.1 uses the 1,281,167 ImageNet training images), read
+lazily from disk.
+
+A model that expects normalized input (torchvision/timm ImageNet weights) is rendered with
+its ``mean``/``std`` (``(x − mean)/std`` after the render transforms, never guessed); the
+data set itself holds [0, 1] RGB pixels, the input space of the detector (the fooling gate
+sees the model's pixel input, §2.1).
 
 Rendering is batched (:func:`lightning_fv.optvis.render.render_units`, many units and
 seeds per batch) and cached on disk as safetensors (float16) under a key that hashes every
@@ -30,14 +37,16 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from lightning_fv.data.embedded import digits, photo_patches
+from lightning_fv.data.folders import image_folder
 from lightning_fv.optvis.hooks import parse_unit, parse_units
 from lightning_fv.optvis.render import log_spaced_steps, render_units
 from lightning_fv.optvis.transform import TransformChain, standard_transforms
 from lightning_fv.utils.checkpoint import save_tensors
 from lightning_fv.utils.device import resolve_device
+from lightning_fv.utils.preprocess import check_mean_std
 from lightning_fv.utils.rng import make_generator
 
 log = logging.getLogger(__name__)
@@ -76,12 +85,16 @@ def split_units(units: Sequence[str], test_fraction: float = 0.1,
 def render_trajectories(model: nn.Module, units: Sequence[str], trajectories_per_unit: int = 1,
                         steps: int = 64, n_log_steps: int = 15, image_size: int = 64,
                         transforms: str | None = "standard", batch_size: int = 64,
-                        seed: int = 0, progress: bool = False) -> Tensor:
+                        seed: int = 0, progress: bool = False,
+                        normalize: tuple[Sequence[float], Sequence[float]] | None = None
+                        ) -> Tensor:
     """Log-sampled trajectory images ``(U·T·S, 3, H, W)`` in [0, 1] (App. C.1).
 
     Unit ``u`` is rendered ``T = trajectories_per_unit`` times with seeds ``seed + t``;
     ``S = n_log_steps`` steps of each ``steps``-step optimization are kept. Order: unit-major,
-    then trajectory, then step.
+    then trajectory, then step. ``normalize``: the model's ``(mean, std)``, applied to its
+    input after the transforms (``None``: the model takes [0, 1] pixels); the returned
+    images are the un-normalized [0, 1] pixels.
     """
     if trajectories_per_unit < 1:
         raise ValueError(f"trajectories_per_unit must be >= 1, got {trajectories_per_unit}")
@@ -90,7 +103,8 @@ def render_trajectories(model: nn.Module, units: Sequence[str], trajectories_per
     res = render_units(model, names, batch_size=batch_size, seed=seeds, progress=progress,
                        thresholds=(steps,), image_size=image_size,
                        transforms="standard" if transforms == "standard" else None,
-                       record=log_spaced_steps(steps, n_log_steps), record_grads=False)
+                       record=log_spaced_steps(steps, n_log_steps), record_grads=False,
+                       normalize=normalize)
     imgs = res.trajectory.images  # (S, N, 3, H, W)
     return imgs.transpose(0, 1).reshape(-1, *imgs.shape[2:]).clamp(0, 1)
 
@@ -133,8 +147,16 @@ class TrajectoryDataModule(L.LightningDataModule):
         layers: layers whose units are visualized (ignored when ``units`` is given).
         units: explicit unit names (``"fc:3"``, ranges ``"fc:0-9"``, ``"block4:*"``).
         max_units_per_layer: cap on units per layer.
-        natural: ``"photo_patches"`` or ``"digits"`` (embedded natural images).
-        n_natural_per_class: photo patches per class and split (train; val gets half).
+        natural: ``"photo_patches"`` or ``"digits"`` (embedded natural images), or the
+            root of an ``ImageFolder`` ``root/{train,val}/<class>/*`` (C.1: ImageNet; its
+            ``train`` split gives the training naturals, ``val`` the held-out ones),
+            resized and centre-cropped to ``image_size`` and read lazily.
+        n_natural_per_class: natural images per class for the training split (the
+            held-out split gets half, at least 1); for an ImageFolder the first ones of
+            each class folder, ``None`` for all (C.1 uses the whole training set).
+        mean, std: the model's input normalization (both or neither; C.2's Lucent
+            InceptionV1 normalizes itself, torchvision's ``googlenet`` weights expect
+            ``(x − 0.5)/0.5``). Applied to the model's input while rendering only.
         image_size: side of natural images and visualizations.
         trajectories_per_unit: optimization runs per unit (different seeds); C.1 uses 35.
         steps: optimizer steps per run (C.1: 512).
@@ -158,7 +180,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         units: list[str] | None = None,
         max_units_per_layer: int | None = None,
         natural: str = "photo_patches",
-        n_natural_per_class: int = 200,
+        n_natural_per_class: int | None = 200,
         image_size: int = 64,
         trajectories_per_unit: int = 2,
         steps: int = 64,
@@ -174,10 +196,20 @@ class TrajectoryDataModule(L.LightningDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         chunk_size: int | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
     ) -> None:
         super().__init__()
-        if natural not in NATURAL:
-            raise ValueError(f"unknown natural data set {natural!r}; valid: {sorted(NATURAL)}")
+        if natural not in NATURAL and not Path(natural).is_dir():
+            raise ValueError(f"unknown natural data set {natural!r}: neither an embedded set "
+                             f"{sorted(NATURAL)} nor an existing ImageFolder root (a folder "
+                             "holding train/<class>/* and val/<class>/*)")
+        if natural == "photo_patches" and n_natural_per_class is None:
+            raise ValueError("n_natural_per_class=None (all images) needs an ImageFolder "
+                             "natural set; give a number of photo patches per class")
+        if n_natural_per_class is not None and n_natural_per_class < 1:
+            raise ValueError(f"n_natural_per_class must be >= 1 or None (all), got "
+                             f"{n_natural_per_class}")
         if transforms not in ("standard", "none"):
             raise ValueError(f"transforms must be 'standard' or 'none', got {transforms!r}")
         self.model_spec = model
@@ -204,8 +236,9 @@ class TrajectoryDataModule(L.LightningDataModule):
         self.device = device
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.train_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
+        self.normalize = check_mean_std(mean, std)
+        self.train_set: Dataset | None = None
+        self.test_set: Dataset | None = None
         self.cache_path: Path | None = None
         self.loaded_from_cache = False
 
@@ -217,13 +250,19 @@ class TrajectoryDataModule(L.LightningDataModule):
 
         return build_model(self.model_spec, checkpoint_path=self.checkpoint_path)
 
-    def natural_images(self, split: str) -> Tensor:
-        """Natural images of ``split`` (``"train"``/``"val"``), ``(N, 3, H, W)``."""
+    def natural_images(self, split: str) -> Tensor | Dataset:
+        """Natural images of ``split`` (``"train"``/``"val"``): ``(N, 3, H, W)`` in [0, 1]
+        for an embedded set; for an ImageFolder a lazy data set of ``(image, class)``
+        pairs (images ``(3, H, W)`` in [0, 1]; the class is replaced by label 1 in
+        :meth:`setup`)."""
+        n = self.n_natural_per_class
+        if n is not None and split != "train":
+            n = max(1, n // 2)
         if self.natural == "photo_patches":
-            n = self.n_natural_per_class
-            n = n if split == "train" else max(1, n // 2)
             return photo_patches(split, n, self.image_size)[0]
-        return digits(split, self.image_size)[0]
+        if self.natural == "digits":
+            return digits(split, self.image_size)[0]
+        return image_folder(self.natural, self.image_size, split, per_class=n)
 
     def settings(self, model: nn.Module, units: Sequence[str]) -> dict[str, object]:
         """Everything the cached visualizations depend on (hashed into the cache key)."""
@@ -239,6 +278,8 @@ class TrajectoryDataModule(L.LightningDataModule):
             "split_seed": self.split_seed,
             "augment_fraction": self.augment_fraction,
             "transforms": self.transforms,
+            **({} if self.normalize is None else {"normalize": [list(v) for v in
+                                                               self.normalize]}),
         }
 
     @staticmethod
@@ -271,7 +312,8 @@ class TrajectoryDataModule(L.LightningDataModule):
             v = render_trajectories(model, us, self.trajectories_per_unit, self.steps,
                                     self.n_log_steps, self.image_size,
                                     None if self.transforms == "none" else "standard",
-                                    self.render_batch_size, seed=0, progress=True)
+                                    self.render_batch_size, seed=0, progress=True,
+                                    normalize=self.normalize)
             parts.append(augment_like_rendering(v, self.augment_fraction, self.split_seed + k))
         if path is not None:
             save_tensors({"train": parts[0].half(), "test": parts[1].half()}, path,
@@ -305,7 +347,25 @@ class TrajectoryDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
 
-def _labelled(natural: Tensor, vis: Tensor) -> TensorDataset:
+class _Relabelled(Dataset):
+    """``(image, 1)`` for every ``(image, class)`` of a natural-image data set."""
+
+    def __init__(self, dataset: Dataset, label: int = 1) -> None:
+        self.dataset, self.label = dataset, label
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.dataset[i][0].float(), torch.tensor(self.label, dtype=torch.long)
+
+
+def _labelled(natural: Tensor | Dataset, vis: Tensor) -> Dataset:
+    """Natural images (label 1) then visualizations (label 0): one ``TensorDataset`` when
+    both are tensors, else the lazy natural set followed by the visualizations."""
+    vis_set = TensorDataset(vis.float(), torch.zeros(vis.shape[0], dtype=torch.long))
+    if not isinstance(natural, Tensor):
+        return ConcatDataset([_Relabelled(natural), vis_set])
     x = torch.cat([natural.float(), vis.float()])
     y = torch.cat([torch.ones(natural.shape[0], dtype=torch.long),
                    torch.zeros(vis.shape[0], dtype=torch.long)])

@@ -134,6 +134,7 @@ def visualize_targets(
     lr: float = 0.05,
     redirect_relu_steps: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    param: dict | None = None,
 ) -> ImageParam:
     """Realizations of ``targets`` ``(n, n_f)`` (§3.2): Adam (``steps``, lr ``lr``) then
     L-BFGS (``lbfgs_steps``) on the P_rgb parameterization, no transforms. Sample ``i``
@@ -141,22 +142,27 @@ def visualize_targets(
     parameters ``v`` that Grad-IFV differentiates). ``redirect_relu_steps``: the
     redirected-ReLU warm-up of the Adam phase (16 by default, the ``"lucid"`` preset; 0 is
     plain Adam as in the IFV paper). ``progress(done, total)`` is called after every Adam
-    step and once after L-BFGS, in optimizer steps (``total = steps + lbfgs_steps``)."""
+    step and once after L-BFGS, in optimizer steps (``total = steps + lbfgs_steps``).
+    ``param``: :class:`ImageParam` keywords (default ``P_rgb``, §3.2; see
+    :data:`~lightning_fv.optvis.param.IFV_PARAMETERIZATIONS`)."""
     device = model_device(model)
     n = targets.shape[0]
     gens = [make_generator(seed + i) for i in range(n)]
-    param = ImageParam(n, 3, image_size, image_size, generators=gens, device=device, **P_RGB)
+    param_kw = dict(P_RGB if param is None else param)
+    image_param = ImageParam(n, 3, image_size, image_size, generators=gens, device=device,
+                             **param_kw)
     tg = targets.to(device)
     with torch.inference_mode(False):
-        render(model, cosine_power(layer, tg, k, aggregation), param=param, transforms=None,
+        render(model, cosine_power(layer, tg, k, aggregation), param=image_param,
+               transforms=None,
                thresholds=(steps,), normalize=normalize, seed=[seed + i for i in range(n)],
                redirect_relu_steps=redirect_relu_steps,
                progress=(lambda s, _t: progress(s, steps + lbfgs_steps)) if progress else False,
                optimizer=lambda p: torch.optim.Adam(p, lr=lr))
-        polish_lbfgs(model, layer, param, tg, k, aggregation, normalize, lbfgs_steps)
+        polish_lbfgs(model, layer, image_param, tg, k, aggregation, normalize, lbfgs_steps)
     if progress is not None:
         progress(steps + lbfgs_steps, steps + lbfgs_steps)
-    return param
+    return image_param
 
 
 def run_ifv(
@@ -178,6 +184,8 @@ def run_ifv(
     jacobian_dtype: torch.dtype | None = None,
     targets: Tensor | None = None,
     progress: Callable[[int, int], None] | None = None,
+    redirect_relu_steps: int = 16,
+    param: dict | None = None,
 ) -> IFVResult:
     """Run the §3.4 experiment on ``layer`` of ``model`` (see the module docstring).
 
@@ -202,6 +210,11 @@ def run_ifv(
         targets: use these targets ``(n, n_f)`` instead of sampling.
         progress: called as ``progress(done, total)`` in optimizer steps (Adam and L-BFGS
             of the realizations, then the re-optimization's Adam steps).
+        redirect_relu_steps: redirected-ReLU warm-up of the Adam phases (realizations and
+            re-optimization): 16, the ``"lucid"`` preset, by default; the paper's plain Adam
+            (§3.2) is 0.
+        param: :class:`ImageParam` keywords of the realizations and the re-optimization
+            (default ``P_rgb``, §3.2: the sigmoid of unbounded RGB pixels).
     """
     if k < 0:
         raise ValueError(f"cosine power k must be >= 0, got {k}")
@@ -227,13 +240,14 @@ def run_ifv(
     random_obj, _ = sample_targets(targets.shape[0], n_f, gen)
     total_steps = steps + lbfgs_steps + max(reopt_steps, 0)
 
-    param = visualize_targets(model, layer, targets, k=k, steps=steps, lbfgs_steps=lbfgs_steps,
-                              image_size=image_size, aggregation=aggregation,
-                              normalize=normalize, seed=seed,
-                              progress=_offset(progress, 0, total_steps))
+    realized = visualize_targets(model, layer, targets, k=k, steps=steps,
+                                 lbfgs_steps=lbfgs_steps, image_size=image_size,
+                                 aggregation=aggregation, normalize=normalize, seed=seed,
+                                 progress=_offset(progress, 0, total_steps),
+                                 redirect_relu_steps=redirect_relu_steps, param=param)
     with torch.inference_mode(False):
-        images = param().detach()
-        y, jac = feature_jacobian(model, layer, param.raw.detach(), param,
+        images = realized().detach()
+        y, jac = feature_jacobian(model, layer, realized.raw.detach(), realized,
                                   aggregation=aggregation, normalize=normalize,
                                   chunk_size=chunk_size, compute_dtype=jacobian_dtype)
     gram = jacobian_gram(jac).cpu()
@@ -259,7 +273,8 @@ def run_ifv(
         with torch.inference_mode(False):
             after = reoptimize(model, layer, images.repeat(len(KINDS), 1, 1, 1).to(device),
                                objs.to(device), k=k, steps=reopt_steps, aggregation=aggregation,
-                               normalize=normalize,
+                               normalize=normalize, param=param,
+                               redirect_relu_steps=redirect_relu_steps,
                                progress=_offset(progress, steps + lbfgs_steps, total_steps))
         sims = ssim(images.cpu().repeat(len(KINDS), 1, 1, 1), after.cpu())
         for i, kind in enumerate(KINDS):

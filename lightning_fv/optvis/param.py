@@ -190,6 +190,29 @@ class ImageParam(nn.Module):
         return param.set_images(images)
 
 
+#: The image parameterizations of `inverse-feature-visualization`, as :class:`ImageParam`
+#: keywords: ``p_rgb`` (§3.2, the default of its experiments: the sigmoid of unbounded RGB
+#: pixels ``v ∈ ℝ^{H×W×3}``, image = ``sigmoid(v)`` in (0, 1)), ``p_fft`` (§3.6: the inverse
+#: DFT of the raw spectrum, then the sigmoid) and ``p_ffte`` (§3.6: the spectrum scaled by
+#: ``1/f`` before the inverse DFT, favouring low frequencies, as Olah et al. 2017). None of
+#: them decorrelates colours.
+IFV_PARAMETERIZATIONS: dict[str, dict[str, object]] = {
+    "p_rgb": {"fft": False, "decorrelate": False, "output": "sigmoid"},
+    "p_fft": {"fft": True, "decorrelate": False, "output": "sigmoid", "decay_power": 0.0},
+    "p_ffte": {"fft": True, "decorrelate": False, "output": "sigmoid", "decay_power": 1.0},
+}
+
+
+def ifv_parameterization(name: str) -> dict[str, object]:
+    """The :class:`ImageParam` keywords of a named parameterization of
+    `inverse-feature-visualization` (see :data:`IFV_PARAMETERIZATIONS`); an unknown name
+    raises, listing the valid ones."""
+    if name not in IFV_PARAMETERIZATIONS:
+        raise ValueError(f"unknown parameterization {name!r}; valid: "
+                         f"{sorted(IFV_PARAMETERIZATIONS)}")
+    return dict(IFV_PARAMETERIZATIONS[name])
+
+
 def image(size: int, batch: int = 1, **kwargs: object) -> ImageParam:
     """Lucent's ``param.image(size, batch)``: Fourier + decorrelated + sigmoid by default."""
     return ImageParam(batch, 3, size, size, **kwargs)  # type: ignore[arg-type]

@@ -14,9 +14,12 @@ import yaml
 from torch import nn
 
 from lightning_fv.cli import main, run_lightning_cli
+from lightning_fv.data.trajectories import render_trajectories
 from lightning_fv.models import build_model
 
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs"
+#: App. C.3 of dont-trust-your-eyes: the ten ImageNet classes of the sanity check
+C3_CLASSES = [20, 71, 102, 106, 121, 270, 435, 614, 700, 860]
 
 
 def _config(name: str) -> dict:
@@ -89,6 +92,7 @@ def test_paper_sanity_configs_run_the_sanity_check_from_an_imagefolder(
     assert (cfg["steps"], cfg["preset"], cfg["visualizations_per_class"], cfg["strides"],
             cfg["metric"], cfg["max_images"]) == (512, "lucent", 10, [10, 100, 5], "spearman",
                                                   500)
+    assert cfg["datamodule"]["init_args"]["class_indices"] == C3_CLASSES  # App. C.3
     torch.manual_seed(0)
     model = build_model(f"torchvision:{arch}", num_classes=2, **(
         {"init_weights": False} if arch == "googlenet" else {}))
@@ -100,6 +104,7 @@ def test_paper_sanity_configs_run_the_sanity_check_from_an_imagefolder(
           "--num_classes", "2", "--datamodule.init_args.root", str(tmp_path / "data"),
           "--datamodule.init_args.image_size", "32", "--datamodule.init_args.num_workers", "0",
           "--datamodule.init_args.batch_size", "8",
+          "--datamodule.init_args.class_indices", "[0, 1]",  # the two classes of the folder
           "--steps", "2", "--visualizations_per_class", "1", "--strides", "[1, 1, 1]",
           "--sanity_layers", layers, "--device", "cpu", "--progress", "false",
           "--output_dir", str(out)])
@@ -116,16 +121,25 @@ def test_paper_detector_config_trains_on_trajectories_with_c1_settings(tmp_path:
     assert (data["trajectories_per_unit"], data["steps"], data["n_log_steps"],
             data["test_fraction"], data["units"]) == (35, 512, 15, 0.1, ["fc:0-999"])
     assert (cfg["model"]["init_args"]["lr"], cfg["trainer"]["max_epochs"]) == (0.01, 8)
+    # C.1: every ImageNet training image; the released googlenet weights' normalization
+    assert data["n_natural_per_class"] is None and data["natural"].endswith("imagenet")
+    assert (data["mean"], data["std"]) == ([0.5] * 3, [0.5] * 3)
     torch.manual_seed(0)
     ckpt = tmp_path / "googlenet.pth"
     torch.save(build_model("torchvision:googlenet", init_weights=False).state_dict(), ckpt)
+    folder = tmp_path / "imagenet"
+    for split, n in (("train", 3), ("val", 2)):
+        for c in range(2):
+            for i, img in enumerate(_images(n, 40, seed=10 * c + n)):
+                _save_png(img, folder / split / f"class_{c}" / f"{i}.png")
     cli = run_lightning_cli([
         "fit", "--config", str(CONFIGS / "paper_detector_googlenet.yaml"),
         "--data.init_args.checkpoint_path", str(ckpt),
+        "--data.init_args.natural", str(folder),
         "--data.init_args.units", '["fc:0-3"]', "--data.init_args.image_size", "32",
         "--data.init_args.trajectories_per_unit", "1", "--data.init_args.steps", "4",
         "--data.init_args.n_log_steps", "2", "--data.init_args.test_fraction", "0.25",
-        "--data.init_args.n_natural_per_class", "2", "--data.init_args.device", "cpu",
+        "--data.init_args.device", "cpu",
         "--data.init_args.cache_dir", "null", "--data.init_args.batch_size", "8",
         "--model.init_args.image_size", "32", "--model.init_args.max_epochs", "1",
         "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
@@ -134,45 +148,99 @@ def test_paper_detector_config_trains_on_trajectories_with_c1_settings(tmp_path:
     assert len(dm.train_units) == 3 and len(dm.test_units) == 1
     assert set(dm.train_units).isdisjoint(dm.test_units)
     assert len(dm.vis_test) == 1 * 1 * 2  # held-out units × trajectories × log-spaced steps
+    # natural images: every file of the folder's train (val) split, label 1, [0, 1] pixels
+    assert (len(dm.natural_train), len(dm.natural_test)) == (6, 4)
+    assert len(dm.train_set) == 6 + len(dm.vis_train)
+    x0, y0 = dm.train_set[0]
+    assert int(y0) == 1 and x0.shape == (3, 32, 32) and 0 <= float(x0.min()) <= 1
+    # the renders are those of the checkpoint's model on (x − 0.5)/0.5 input
+    net = build_model("torchvision:googlenet", checkpoint_path=str(ckpt)).eval()
+    kw = dict(steps=4, n_log_steps=2, image_size=32, batch_size=64)
+    ref = render_trajectories(net, dm.test_units, 1, normalize=([0.5] * 3, [0.5] * 3), **kw)
+    assert torch.equal(dm.vis_test, ref.half().float())
+    raw = render_trajectories(net, dm.test_units, 1, **kw)
+    assert not torch.equal(dm.vis_test, raw.half().float())
     assert cli.trainer.global_step > 0
 
 
-def test_paper_silent_config_keeps_natural_outputs_of_a_resnet50_block(tmp_path: Path) -> None:
-    from lightning_fv.data import photo_patches
+def _resnet50_checkpoint(path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random ResNet-50 saved as a plain state dict (like torchvision's files); returns it."""
+    torch.manual_seed(seed)
+    state = build_model("torchvision:resnet50").state_dict()
+    torch.save(state, path)
+    return state
+
+
+def test_paper_silent_config_sets_the_bias_on_normalized_imagefolder_images_of_the_checkpoint(
+        tmp_path: Path) -> None:
+    from lightning_fv.data.folders import image_folder, load_images
     from lightning_fv.manipulation import SilentUnits, load_manipulated
+    from lightning_fv.manipulation.silent import conv_inputs, delta_response
+    from lightning_fv.utils.checkpoint import load_state_dict
 
     cfg = _config("paper_silent_resnet50.yaml")
     assert (cfg["layer"], cfg["alpha"], cfg["beta"], cfg["pattern"], cfg["pattern_steps"]) == (
         "layer4.1.conv2", 100.0, 300.0, "visualization", 2000)
+    assert (cfg["natural_split"], cfg["n_natural_per_class"]) == ("val", 50)  # ImageNet val
+    mean, std = cfg["mean"], cfg["std"]
+    assert (mean, std) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    folder = tmp_path / "imagenet"
+    for c in range(2):
+        for i, img in enumerate(_images(3, 40, seed=c)):
+            _save_png(img, folder / "val" / f"class_{c}" / f"{i}.png")
+    ckpt = tmp_path / "resnet50.pth"
+    state = _resnet50_checkpoint(ckpt)
     out = tmp_path / "silent.safetensors"
-    torch.manual_seed(0)  # manipulate builds the (random) model from its name
+    torch.manual_seed(1)  # a model built without the checkpoint would differ
     main(["manipulate", "--config", str(CONFIGS / "paper_silent_resnet50.yaml"),
+          "--checkpoint_path", str(ckpt), "--natural", str(folder),
           "--n_natural_per_class", "2", "--image_size", "32", "--pattern_steps", "2",
           "--output", str(out)])
-    torch.manual_seed(0)
-    base = build_model("torchvision:resnet50").eval()
+    # the checkpoint saved is the one used: every weight outside the manipulated conv/BN
+    saved = load_state_dict(out, prefixes=())
+    for key, value in state.items():
+        if not key.startswith(("layer4.1.conv2.", "layer4.1.bn2.")):
+            assert torch.equal(saved[key], value), key
+    assert torch.equal(saved["layer4.1.conv2.conv.weight"], state["layer4.1.conv2.weight"])
+    base = build_model("torchvision:resnet50", checkpoint_path=str(ckpt)).eval()
     silent = load_manipulated(base, out).eval()
-    assert isinstance(silent.layer4[1].conv2, SilentUnits)
-    x, _ = photo_patches("train", 2, 32)  # the images that set the bias
-    with torch.no_grad():
-        assert torch.equal(silent(x), base(x))
+    unit = silent.layer4[1].conv2
+    assert isinstance(unit, SilentUnits)
+    # the bias is −max over the normalized natural images (2 per class of val/) of Θ̄'s
+    # response, with the margin of bias="max" (1e-3 relative + 1e-6)
+    x, _ = load_images(image_folder(folder, 32, "val", per_class=2))
+    assert x.shape[0] == 4
+    xn = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    inputs = torch.cat(conv_inputs(base, "layer4.1.conv2", xn))
+    m = delta_response(inputs, base.layer4[1].conv2, unit.delta.weight).amax(dim=(0, 2, 3))
+    torch.testing.assert_close(unit.delta.bias, -(m + 1e-3 * m.abs() + 1e-6), rtol=1e-6,
+                               atol=0)
+    with torch.no_grad():  # bit identity on the images that set the bias, normalized
+        assert torch.equal(silent(xn), base(xn))
 
 
-def test_paper_fooling_config_permutes_the_last_layer_by_100(tmp_path: Path) -> None:
+def test_paper_fooling_config_permutes_the_checkpoints_last_layer_by_100(tmp_path: Path
+                                                                         ) -> None:
     from lightning_fv.manipulation import FoolingLayer, load_manipulated
     from lightning_fv.manipulation.detector_net import DetectorCNN, save_detector
     from lightning_fv.manipulation.fooling import set_gate_override
+    from lightning_fv.utils.checkpoint import load_state_dict
 
     cfg = _config("paper_fooling_resnet50.yaml")
     assert (cfg["shift"], cfg["layer"], cfg["mode"]) == (100, "fc", "split")
+    assert (cfg["mean"], cfg["std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     det = tmp_path / "det.safetensors"
     save_detector(DetectorCNN(32), det)
+    ckpt = tmp_path / "resnet50.pth"
+    state = _resnet50_checkpoint(ckpt)
     out = tmp_path / "permuted.safetensors"
-    torch.manual_seed(0)
+    torch.manual_seed(1)
     main(["manipulate", "--config", str(CONFIGS / "paper_fooling_resnet50.yaml"),
-          "--detector_path", str(det), "--output", str(out)])
-    torch.manual_seed(0)
-    base = build_model("torchvision:resnet50").eval()
+          "--checkpoint_path", str(ckpt), "--detector_path", str(det), "--output", str(out)])
+    saved = load_state_dict(out, prefixes=())
+    assert torch.equal(saved["fc.layer.weight"], state["fc.weight"])
+    assert torch.equal(saved["conv1.weight"], state["conv1.weight"])
+    base = build_model("torchvision:resnet50", checkpoint_path=str(ckpt)).eval()
     fooled = load_manipulated(base, out).eval()
     assert isinstance(fooled.fc, FoolingLayer)
     x = _images(2, 32, seed=3)
@@ -181,10 +249,63 @@ def test_paper_fooling_config_permutes_the_last_layer_by_100(tmp_path: Path) -> 
         assert torch.equal(fooled(x), base(x))
 
 
-def test_paper_ifv_config_recovers_targets_at_inception4c(tmp_path: Path) -> None:
+def test_render_comparison_renders_the_checkpoint_on_normalized_input(tmp_path: Path) -> None:
+    """The original row of ``render-comparison`` is the checkpoint's model rendered through
+    the given normalization (the same images as ``render_units(..., normalize=)``)."""
+    from lightning_fv.manipulation.detector_net import DetectorCNN, save_detector
+    from lightning_fv.optvis.render import render_units
+
+    cfg = _config("paper_fooling_resnet50.yaml")
+    det = tmp_path / "det.safetensors"
+    save_detector(DetectorCNN(32), det)
+    ckpt = tmp_path / "resnet50.pth"
+    _resnet50_checkpoint(ckpt)
+    out = tmp_path / "permuted.safetensors"
+    main(["manipulate", "--config", str(CONFIGS / "paper_fooling_resnet50.yaml"),
+          "--checkpoint_path", str(ckpt), "--detector_path", str(det), "--output", str(out)])
+    png = tmp_path / "grid.png"
+    torch.manual_seed(1)
+    main(["render-comparison", "--manipulated_path", str(out), "--checkpoint_path", str(ckpt),
+          "--mean", json.dumps(cfg["mean"]), "--std", json.dumps(cfg["std"]),
+          "--units", '["fc:0"]', "--steps", "1", "--image_size", "32", "--device", "cpu",
+          "--progress", "false", "--output", str(png)])
+    values = json.loads(png.with_suffix(".json").read_text())
+    base = build_model("torchvision:resnet50", checkpoint_path=str(ckpt)).eval()
+    ref = render_units(base, ["fc:0"], thresholds=(1,), image_size=32, seed=0,
+                       normalize=(cfg["mean"], cfg["std"]))
+    assert values["values_before"] == ref.values[1].tolist()
+
+
+def test_paper_ifv_config_runs_plain_adam_on_the_sigmoid_of_unbounded_rgb(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import lightning_fv.ifv.experiment as experiment
+
+    render_mod = importlib.import_module("lightning_fv.optvis.render")
+    from lightning_fv.utils.checkpoint import load_state_dict
+
     cfg = _config("paper_ifv_googlenet.yaml")
     assert (cfg["layer"], cfg["n_targets"], cfg["n_canonical"], cfg["steps"],
             cfg["lbfgs_steps"], cfg["k"]) == ("inception4c", 150, 150, 3000, 500, 2.0)
+    assert (cfg["parameterization"], cfg["preset"]) == ("p_rgb", "lucent")  # §3.2
+    redirected: list[bool] = []
+    real_redirect = render_mod.redirect_relus
+
+    def spy_redirect(model: nn.Module, enabled: bool = True) -> object:
+        redirected.append(bool(enabled))
+        return real_redirect(model, enabled=enabled)
+
+    params: list[object] = []
+    real_jacobian = experiment.feature_jacobian
+
+    def spy_jacobian(model: nn.Module, layer: str, v: torch.Tensor, param: object,
+                     **kw: object) -> object:
+        params.append(param)
+        return real_jacobian(model, layer, v, param, **kw)
+
+    monkeypatch.setattr(render_mod, "redirect_relus", spy_redirect)
+    monkeypatch.setattr(experiment, "feature_jacobian", spy_jacobian)
     torch.manual_seed(0)
     ckpt = tmp_path / "googlenet.pth"
     torch.save(build_model("torchvision:googlenet", init_weights=False).state_dict(), ckpt)
@@ -195,7 +316,16 @@ def test_paper_ifv_config_recovers_targets_at_inception4c(tmp_path: Path) -> Non
           "--device", "cpu", "--progress", "false", "--output_dir", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["angle_predicted_mean_deg"] <= 90.0  # §3.4's angular distance
-    assert (out / "ifv.safetensors").exists()
+    assert metrics["settings"]["redirect_relu_steps"] == 0
+    # no step of the Adam phases (2 realization steps, 1 re-optimization step) redirects
+    assert redirected == [False] * 3
+    # P_rgb: pixels v ∈ ℝ^{3×48×48} per image, image = sigmoid(v); the saved realizations
+    (param,) = params
+    assert (param.fft, param.decorrelate, param.output) == (False, False, "sigmoid")
+    assert param.raw.shape == (3, 3, 48, 48)
+    images = torch.sigmoid(param.raw.detach())
+    assert torch.equal(param().detach(), images)
+    assert torch.equal(load_state_dict(out / "ifv.safetensors", prefixes=())["images"], images)
 
 
 def test_paper_robust_config_takes_one_l2_pgd_step_on_an_imagefolder(tmp_path: Path) -> None:
