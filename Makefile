@@ -39,7 +39,7 @@ test-all: $(STAMP) test test-docs test-browser
 # scores in docs/testing.md). Forked torch workers need one thread.
 mutation: $(STAMP)
 	$(PY) -m pip install -q "mutmut==3.8.1"
-	OMP_NUM_THREADS=1 $(PY) scripts/mutation.py
+	OMP_NUM_THREADS=1 $(PY) scripts/mutation.py $(ARGS)
 
 # every command line of README.md and docs/*.md, as written, at full size (slow; the
 # reduced-size runs are part of `make test`)
@@ -53,22 +53,24 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # The "science in miniature" runs of the README (CPU, minutes each; figures in docs/).
+# ARGS passes options to the script (e.g. make miniature-sanity ARGS="--steps 64").
+ARGS ?=
 miniatures: miniature-sanity miniature-manipulation miniature-ifv miniature-robust miniature-invariant
 
 miniature-sanity: $(STAMP)
-	$(PY) scripts/sanity_check_miniature.py
+	$(PY) scripts/sanity_check_miniature.py $(ARGS)
 
 miniature-manipulation: $(STAMP)
-	$(PY) scripts/manipulation_miniature.py
+	$(PY) scripts/manipulation_miniature.py $(ARGS)
 
 miniature-ifv: $(STAMP)
-	$(PY) scripts/ifv_miniature.py
+	$(PY) scripts/ifv_miniature.py $(ARGS)
 
 miniature-robust: $(STAMP)
-	$(PY) scripts/train_robust.py --dataset digits
+	$(PY) scripts/train_robust.py --dataset digits $(ARGS)
 
 miniature-invariant: $(STAMP)
-	$(PY) scripts/invariant_miniature.py
+	$(PY) scripts/invariant_miniature.py $(ARGS)
 
 # Caches and scratch only: trained detectors, manipulated models, checkpoints and renders
 # under outputs/ stay (the docs tell users to keep them there).

@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--per-class", type=int, default=4)
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--n-val", type=int, default=40, help="natural images per class")
+    ap.add_argument("--ood-digits", type=int, default=None,
+                    help="validation digits of the OOD bounds (default: all 360)")
     ap.add_argument("--preset", default="lucent",
                     help="render preset: lucent (the paper's renderer) or lucid")
     args = ap.parse_args(argv)
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["ood_shifted"] = similarity_sanity_check(model, LAYERS, natural, labels, vis,
                                                      vis_labels, ood_natural=sx, ood_labels=sy)
     ood_x, ood_y = digits("val", size=64)
+    ood_x, ood_y = ood_x[:args.ood_digits], ood_y[:args.ood_digits]
     results["ood_digits"] = similarity_sanity_check(model, LAYERS, natural, labels, vis,
                                                     vis_labels, ood_natural=ood_x,
                                                     ood_labels=ood_y)

@@ -36,6 +36,17 @@ TINY_INVARIANT = ["--samples_per_query", "1", "--algorithm.budget", "1",
                   "--algorithm.num_steps", "2", "--progress", "false", "--device", "cpu"]
 TINY_IFV_MINI = ["--n-targets", "2", "--steps", "2", "--lbfgs-steps", "1", "--reopt-steps", "1",
                  "--image-size", "16", "--out", "outputs/ifv_mini"]
+TINY_MANIP_MINI = ["--steps", "2", "--size", "16", "--fc-steps", "2", "--epochs", "1",
+                   "--silent-steps", "2", "--trajectories", "1", "--digits-steps", "2",
+                   "--out", "outputs/manip_mini", "--figures", "outputs/manip_mini_figures"]
+TINY_SANITY_MINI = ["--per-class", "1", "--steps", "2", "--n-val", "3", "--ood-digits", "30",
+                    "--out", "outputs/sanity_mini"]
+#: a `make miniature-*` target is one line running its script, whose computation is run at
+#: a reduced size by the script's own entries: the target is run with the script's --help
+MAKE_WRAPPER = ["ARGS=--help"]
+TINY_DETECTOR = ["--steps", "2", "--epochs", "1", "--n_natural_per_class", "4",
+                 "--trajectories_per_unit", "1", "--units", "[fc:0-3]", "--device", "cpu",
+                 "--progress", "false"]
 PAPER = ("not run: paper scale needs pretrained weights and an ImageNet folder; the same "
          "config runs at tiny size with random weights in tests/paper/test_paper_configs.py")
 #: a command → extra arguments that only shrink it (run in `make test`), SLOW, or a reason
@@ -48,7 +59,7 @@ COVERAGE: dict[str, list[str] | str] = {
     "make test": "not run: the test suite itself",
     "lightning-fv render --model bundled --units '[block3:*]' --steps 256":
         [*TINY_RENDER, "--units", "[block3:0-1]"],
-    "lightning-fv fit --config examples/configs/demo.yaml": SLOW,
+    "lightning-fv fit --config examples/configs/demo.yaml": FAST_DEV_RUN,
     "lightning-fv fit --config examples/configs/robust_photo_patches.yaml": TINY_ROBUST,
     f"{FV} --model.units '[fc:*]'": ["--model.thresholds", "[2]", "--model.image_size", "32",
                                      "--model.progress", "false", *CPU],
@@ -60,19 +71,21 @@ COVERAGE: dict[str, list[str] | str] = {
         ["--n_targets", "2", "--steps", "2", "--lbfgs_steps", "1", "--reopt_steps", "1",
          "--image_size", "16", "--device", "cpu", "--progress", "false"],
     "lightning-fv train-detector --config examples/configs/manipulate_train_detector.yaml":
-        SLOW,
-    "lightning-fv manipulate --config examples/configs/manipulate_silent.yaml": SLOW,
+        TINY_DETECTOR,
+    "lightning-fv manipulate --config examples/configs/manipulate_silent.yaml":
+        ["--n_natural_per_class", "2", "--image_size", "32", "--pattern_steps", "2"],
     "lightning-fv render-comparison --manipulated_path outputs/manipulation/silent.safetensors":
-        SLOW,
-    "make miniature-sanity": SLOW,
-    "make miniature-manipulation": SLOW,
-    "make miniature-ifv": SLOW,
-    "make miniature-robust": SLOW,
-    "make miniature-invariant": SLOW,
+        ["--units", "[block4:0, fc:0]", "--steps", "2", "--image_size", "32", "--device", "cpu",
+         "--progress", "false"],
+    "make miniature-sanity": MAKE_WRAPPER,
+    "make miniature-manipulation": MAKE_WRAPPER,
+    "make miniature-ifv": MAKE_WRAPPER,
+    "make miniature-robust": MAKE_WRAPPER,
+    "make miniature-invariant": MAKE_WRAPPER,
     "make miniatures": "not run: the five miniature-* targets above, each run on its own",
-    "python scripts/train_bundled.py --dataset photo_patches": SLOW,
+    "python scripts/train_bundled.py --dataset photo_patches": ["--epochs", "1"],
     "python scripts/train_bundled.py --dataset digits": ["--epochs", "1"],
-    "python scripts/train_bundled.py --dataset photo_patches --arch vit": SLOW,
+    "python scripts/train_bundled.py --dataset photo_patches --arch vit": ["--epochs", "1"],
     "make clean": [],
     "make clean-outputs": [],
     "make test-slow": "not run: the slow tests alone (they are part of make test)",
@@ -80,7 +93,7 @@ COVERAGE: dict[str, list[str] | str] = {
     "make test-docs": "not run: this file's full-size cases",
     "make test-browser": "not run: installs Chromium, then tests/report/test_report_browser.py",
     "make test-gpu": "not run: needs a CUDA device",
-    "make lint": SLOW,
+    "make lint": [],
     # docs/diffusion.md
     "lightning-fv fit --config examples/configs/diffusion_digits.yaml": FAST_DEV_RUN,
     "lightning-fv fit --config examples/configs/diffusion_vavae_imagenet.yaml":
@@ -119,8 +132,12 @@ COVERAGE: dict[str, list[str] | str] = {
     # reruns the config the README's invariant line saved (tiny in make test, so as written)
     "lightning-fv predict --config outputs/invariant/version_0/config.yaml": [],
     # docs/manipulation.md
-    "python scripts/manipulation_miniature.py": SLOW,
-    "lightning-fv fit --config examples/configs/detector_photo_patches.yaml": SLOW,
+    "python scripts/manipulation_miniature.py": TINY_MANIP_MINI,
+    "lightning-fv fit --config examples/configs/detector_photo_patches.yaml":
+        [*FAST_DEV_RUN, "--data.init_args.max_units_per_layer", "2",
+         "--data.init_args.n_natural_per_class", "2", "--data.init_args.steps", "2",
+         "--data.init_args.n_log_steps", "2", "--data.init_args.image_size", "32",
+         "--model.init_args.image_size", "32"],
     # docs/robust.md
     "lightning-fv test --config examples/configs/robust_photo_patches.yaml "
     "--ckpt_path outputs/robust_photo_patches/checkpoints/last.ckpt": TINY_ROBUST,
@@ -128,8 +145,10 @@ COVERAGE: dict[str, list[str] | str] = {
     "--data.init_args.root /data/imagenet": "not run: needs ImageNet at /data/imagenet",
     "python scripts/train_robust.py [--dataset digits|photos]":
         "not run: a synopsis of the two lines run as make miniature-robust and below",
-    "python scripts/train_robust.py --dataset photos": SLOW,
-    "python benchmarks/bench_pgd.py --device cpu --small": SLOW,
+    "python scripts/train_robust.py --dataset photos":
+        ["--quick", "--size", "32", "--train-steps", "1", "--out", "outputs/robust_quick"],
+    "python benchmarks/bench_pgd.py --device cpu --small":
+        ["--steps", "2", "--repeats", "1", "--warmup", "0", "--batch", "2"],
     "python benchmarks/bench_pgd.py [--bf16] [--channels-last]":
         "not run: a synopsis of the GPU benchmark (benchmarks/gpu)",
     # docs/audit.md
@@ -148,7 +167,7 @@ COVERAGE: dict[str, list[str] | str] = {
         "not run: needs 8 GPUs and a user's config (the 2-process CPU line above runs the "
         "same code path)",
     # docs/testing.md
-    "make mutation": SLOW,
+    "make mutation": ["ARGS=diffusion/lowpass.py"],
     "python scripts/mutation.py [module …]": "not run: a synopsis of make mutation",
     # docs/sanity_check.md
     "lightning-fv fit --config examples/configs/imagefolder_resnet.yaml":
@@ -168,13 +187,14 @@ COVERAGE: dict[str, list[str] | str] = {
     "lightning-fv fit --config examples/configs/paper_robust_resnet50_l2.yaml": PAPER,
     "lightning-fv predict --config examples/configs/paper_invariant_dit_xl.yaml": PAPER,
     "python scripts/sanity_check_miniature.py --per-class 3 --steps 128 --n-val 30 "
-    "--preset lucent": SLOW,
-    "python scripts/manipulation_miniature.py --parts photo": SLOW,
-    "python scripts/manipulation_miniature.py --parts digits": SLOW,
-    "python scripts/manipulation_miniature.py --parts silent": SLOW,
+    "--preset lucent": TINY_SANITY_MINI,
+    "python scripts/manipulation_miniature.py --parts photo": TINY_MANIP_MINI,
+    "python scripts/manipulation_miniature.py --parts digits": TINY_MANIP_MINI,
+    "python scripts/manipulation_miniature.py --parts silent": TINY_MANIP_MINI,
     "python scripts/train_robust.py --dataset digits": ["--quick"],
     "python scripts/invariant_miniature.py": ["--quick", "--out", "outputs/inv_quick.json"],
     "lightning-fv manipulate": "not run: the bare command name in prose",
+    "lightning-fv render-comparison": "not run: the bare command name in prose",
 }
 
 #: commands that need an earlier one's output, in the order they run
@@ -199,12 +219,16 @@ def _argv(command: str, extra: list[str]) -> list[str]:
     if words[0] == "make" and extra and words[1:] == ["demo"]:
         # `make demo` is `$(PY) -m lightning_fv.demo` after the install (Makefile)
         return [sys.executable, "-m", "lightning_fv.demo", *extra]
-    return [*words, f"PY={sys.executable}", f"STAMP={ROOT / '.venv' / '.installed'}",
-            *extra]
+    # make's own variables point at this interpreter; with shrinking arguments the target
+    # runs in the scratch folder (outputs there) from the repository's Makefile
+    where = ["-f", str(ROOT / "Makefile")] if extra else []
+    return [words[0], *where, *words[1:], f"PY={sys.executable}",
+            f"STAMP={ROOT / '.venv' / '.installed'}", *extra]
 
 
 def _workdir(tmp: Path) -> Path:
-    for name in ("examples", "scripts", "benchmarks"):
+    # pyproject.toml: the Makefile's install stamp depends on it (make targets run here)
+    for name in ("examples", "scripts", "benchmarks", "pyproject.toml"):
         (tmp / name).symlink_to(ROOT / name)
     return tmp
 
@@ -267,7 +291,7 @@ def test_documented_commands_run_at_a_reduced_size(tmp_path) -> None:
             assert ckpt.is_file()
             assert not (cwd / "config.yaml").exists()
         out = _run(command, COVERAGE[command], cwd, timeout=600)  # type: ignore[arg-type]
-        if command.startswith("lightning-fv render"):
+        if command.startswith("lightning-fv render "):
             assert "wrote " in out and "units.safetensors" in out
     assert not (cwd / "outputs").exists()  # make clean-outputs ran last
 
