@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m lightning_fv.demo
 
-# every CPU test but the full-size documented commands and the browser test (each
-# documented command also runs at a reduced size here); what .ci/run runs
+# every CPU test but the full-size documented commands (each documented command runs at
+# a reduced size here; the browser test runs when Chromium is installed); what .ci/run runs
 test: $(STAMP)
 	$(PY) -m pytest -q -x --timeout=900
 

@@ -193,6 +193,10 @@ COVERAGE: dict[str, list[str] | str] = {
     "python scripts/manipulation_miniature.py --parts silent": TINY_MANIP_MINI,
     "python scripts/train_robust.py --dataset digits": ["--quick"],
     "python scripts/invariant_miniature.py": ["--quick", "--out", "outputs/inv_quick.json"],
+    "python scripts/invariant_miniature.py --classes 0 2 4 --samples 2 --budget 512 --lr 0.3 "
+    "--step-size 1.0 --tau 0.01 --no-sae --out outputs/invariant_thesis_lr03.json "
+    "--figures outputs/invariant_thesis_lr03_figures":
+        ["--budget", "2", "--classes", "0"],
     "lightning-fv manipulate": "not run: the bare command name in prose",
     "lightning-fv render-comparison": "not run: the bare command name in prose",
 }
