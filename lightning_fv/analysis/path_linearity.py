@@ -41,7 +41,7 @@ def gradient_angles(grads: Tensor, eps: float = 1e-12) -> Tensor:
     Returns:
         ``(T−1, M)`` angles in ``[0, 180]`` degrees. A zero gradient raises.
     """
-    if grads.dim() < 2 or grads.shape[0] < 2:
+    if grads.dim() < 3 or grads.shape[0] < 2:
         raise ValueError(f"grads must be (T >= 2, M, ...), got shape {tuple(grads.shape)}")
     g = grads.flatten(2).double()
     norm = torch.linalg.vector_norm(g, dim=2, keepdim=True)
@@ -77,7 +77,7 @@ def line_distances(path: Tensor, start: Tensor | None = None, end: Tensor | None
     Returns:
         ``(T, M)`` normalized ℓ2 distances ``d_j / ‖x^f − x^s‖`` (dimensionless).
     """
-    if path.dim() < 2:
+    if path.dim() < 3:
         raise ValueError(f"path must be (T, M, ...), got shape {tuple(path.shape)}")
     p = path.flatten(2).double()
     s = (path[0] if start is None else start).flatten(1).double()

@@ -203,3 +203,14 @@ def test_shape_errors_and_constant_policies_name_what_is_wrong():
     with pytest.warns(RuntimeWarning, match="their similarities are NaN"):
         z = standardize(const)  # default: NaN rows, no error
     assert torch.isnan(z[1:]).all() and torch.isfinite(z[0]).all()
+
+
+def test_a_paired_similarity_that_rounds_below_minus_one_is_clamped_to_exactly_minus_one():
+    # this vector's unit vector has a dot product with itself of 1 + 2^-52 in float64, so
+    # the pair (v, -v) sums to -1 - 2^-52 before the clamp
+    v = torch.tensor([[-1.3985953953708767, 0.4033468476292993, 0.8380263329976598,
+                       -0.7192575784693592, -0.40334352493217457]], dtype=torch.float64)
+    z = standardize(v, "cosine")
+    assert (z * -z).sum(1, dtype=torch.float64).item() < -1.0
+    assert paired_similarity(v, -v, metric="cosine").tolist() == [-1.0]
+    assert paired_similarity(v, v, metric="cosine").tolist() == [1.0]

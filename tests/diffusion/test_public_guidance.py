@@ -118,3 +118,133 @@ def test_time_grid_single_step_and_shift_two() -> None:
     # s = 2: t ↦ 2t / (1 + t), so 0.5 ↦ 2/3 and 0.25 ↦ 0.4
     torch.testing.assert_close(time_grid(4, shift=2.0),
                                torch.tensor([0.0, 0.4, 2 / 3, 6 / 7, 1.0]))
+
+
+# ------------------------------------------------ sample() with the closed-form model
+# (mutation-testing follow-ups, docs/testing.md §4)
+
+
+def _euler_reference(z, y, steps, s=1.0, k=3, start=0.0, null=9):
+    """Explicit Euler over ``linspace(0, 1, steps + 1)`` with the guided velocity of
+    ``_reference`` (times in float32 as the sampler's grid, then float64)."""
+    ts = torch.linspace(0.0, 1.0, steps + 1)
+    x, traj = z.clone(), [z]
+    for i in range(steps):
+        t = ts[i].double().expand(z.shape[0])
+        dt = (ts[i + 1] - ts[i]).double()
+        x = x + dt * _reference(x, t, y, s, k, start, null)
+        traj.append(x)
+    return x, traj
+
+
+@pytest.fixture
+def latents():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(2, 5, 2, 2, generator=g, dtype=torch.float64) * 0.1, torch.tensor([0, 1])
+
+
+def test_sample_defaults_are_250_unguided_euler_steps(latents) -> None:
+    from lightning_fv.diffusion.sampler import sample
+
+    z, y = latents
+    m = _Affine()
+    got = sample(m, z, y)
+    torch.testing.assert_close(got, _euler_reference(z, y, 250)[0], rtol=1e-10, atol=1e-12)
+    assert m.batches == [2] * 250  # one conditional pass per step, no guidance branch
+
+
+def test_sample_passes_scale_interval_and_channels_to_the_guidance(latents) -> None:
+    from lightning_fv.diffusion.sampler import sample
+
+    z, y = latents
+    ref = _euler_reference(z, y, 6, s=4.0, k=2, start=0.5)[0]
+    got = sample(_Affine(), z, y, num_steps=6, cfg_scale=4.0, cfg_interval_start=0.5,
+                 guidance_channels=2)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    # defaults of the guidance: interval from 0 and the release's 3 channels
+    got = sample(_Affine(), z, y, num_steps=6, cfg_scale=4.0)
+    torch.testing.assert_close(got, _euler_reference(z, y, 6, s=4.0, k=3)[0], rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_unconditional_sampling_uses_the_null_class_for_every_sample(latents) -> None:
+    from lightning_fv.diffusion.sampler import sample
+
+    z, _ = latents
+    z = torch.cat([z, z[:1]])  # 3 samples, 5 channels: the label count is the batch size
+    null = torch.full((3,), 9)
+    got = sample(_Affine(), z, None, num_steps=4)
+    torch.testing.assert_close(got, _euler_reference(z, null, 4)[0], rtol=1e-10, atol=1e-12)
+
+    class NoNull(nn.Module):
+        def forward(self, x, t, y):
+            return x
+
+    with pytest.raises(ValueError, match="needs a model with `null_class`"):
+        sample(NoNull(), z, None, num_steps=1)
+
+
+def test_return_trajectory_lists_every_iterate_from_the_start(latents) -> None:
+    from lightning_fv.diffusion.sampler import sample
+
+    z, y = latents
+    x, traj = sample(_Affine(), z, y, num_steps=3, return_trajectory=True)
+    _, ref = _euler_reference(z, y, 3)
+    assert len(traj) == 4 and traj[0] is z and traj[-1] is x
+    for a, b in zip(traj, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert isinstance(sample(_Affine(), z, y, num_steps=3), torch.Tensor)
+
+
+class _ScaledAffine(_Affine):
+    """``a·((1 + y)·x + t)`` with a trainable scalar ``a``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(1.5, dtype=torch.float64))
+
+    def forward(self, x, t, y):
+        return self.a * super().forward(x, t, y)
+
+
+def test_checkpointing_recomputes_each_step_in_backward_and_gives_the_same_gradients(
+        latents) -> None:
+    from lightning_fv.diffusion.sampler import sample
+
+    z, y = latents
+    grads, calls = {}, {}
+    for ckpt in (False, True):
+        m = _ScaledAffine()
+        zz = z.clone().requires_grad_(True)
+        out = sample(m, zz, y, num_steps=3, checkpoint=ckpt, freeze_model=False)
+        n_fwd = len(m.batches)
+        out.square().sum().backward()
+        calls[ckpt] = (n_fwd, len(m.batches) - n_fwd)
+        grads[ckpt] = (zz.grad.clone(), m.a.grad.clone())
+    assert calls[False] == (3, 0)
+    m = _ScaledAffine()
+    sample(m, z.clone().requires_grad_(True), y, num_steps=3).sum().backward()
+    assert len(m.batches) == 3  # the default does not checkpoint: no recomputation
+    assert calls[True] == (3, 3)  # each step recomputed once in the backward pass
+    torch.testing.assert_close(grads[True][0], grads[False][0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grads[True][1], grads[False][1], rtol=1e-12, atol=1e-14)
+    # the parameter gets its gradient through a checkpoint even when z needs none
+    m = _ScaledAffine()
+    sample(m, z, y, num_steps=3, checkpoint=True, freeze_model=False).sum().backward()
+    assert m.a.grad is not None and m.a.grad.abs() > 0
+    # without grad mode nothing is checkpointed (or recomputed)
+    m = _ScaledAffine()
+    with torch.no_grad():
+        sample(m, z, y, num_steps=3, checkpoint=True)
+    assert len(m.batches) == 3
+
+
+def test_enable_grad_none_follows_the_current_mode(latents) -> None:
+    from lightning_fv.diffusion.sampler import sample
+
+    z, y = latents
+    zz = z.clone().requires_grad_(True)
+    assert sample(_Affine(), zz, y, num_steps=2).requires_grad
+    with torch.no_grad():
+        assert not sample(_Affine(), zz, y, num_steps=2).requires_grad
+        assert sample(_Affine(), zz, y, num_steps=2, enable_grad=True).requires_grad

@@ -173,3 +173,35 @@ def test_class_label_is_used_and_models_are_restored(pipe) -> None:
     assert not torch.allclose(x_cond, pipe.generate(res.z_init, None).detach())
     with pytest.raises(ValueError, match="one entry per query"):
         invariant_set_sample(pipe, logits_response(clf), q, labels=[1, 2], budget=0)
+
+
+# ---------------------------------------------------------------- mutation-testing follow-ups
+# (docs/testing.md §4)
+
+
+def test_loss_defaults_are_lambda_1_and_the_half_cutoff_filter() -> None:
+    """App. .3/.4: λ = 1 and the ideal low-pass filter at relative cutoff 0.5 by default."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(2, 3 * 6 * 6, generator=g, dtype=torch.float64)
+    obj = InvariantObjective(lambda x: x.flatten(1) @ w.t())
+    x = torch.rand(2, 3, 6, 6, generator=g, dtype=torch.float64)
+    t = torch.randn(2, 2, generator=g, dtype=torch.float64)
+    total, d1, d2 = invariant_loss(obj, x, t)
+    wn, xn, tn = w.numpy(), x.numpy(), t.numpy()
+    e1 = ((xn.reshape(2, -1) @ wn.T - tn) ** 2).sum(1)
+    e2 = ((_np_lowpass(xn, 0.5).reshape(2, -1) @ wn.T - tn) ** 2).sum(1)
+    np.testing.assert_allclose(d2.numpy(), e2, rtol=1e-10)
+    np.testing.assert_allclose(total.numpy(), e1 + e2, rtol=1e-10)
+
+
+def test_objective_reads_a_vector_as_one_response_and_refuses_other_shapes() -> None:
+    x = torch.rand(3, 3, 4, 4)
+    obj = InvariantObjective(lambda im: im.mean((1, 2, 3)))
+    out = obj(x)
+    assert out.shape == (3, 1) and torch.equal(out[:, 0], x.mean((1, 2, 3)))
+    with pytest.raises(ValueError, match=r"must return \(B, m\) responses for 3 images, got "
+                                         r"\(3, 2, 2\)"):
+        InvariantObjective(lambda im: im[:, :2, :2, 0])(x)
+    with pytest.raises(ValueError, match=r"got \(2, 4\)"):
+        InvariantObjective(lambda im: im[:2, 0, 0])(x)
+    assert repr(InvariantObjective(lambda im: im)) == "InvariantObjective(objective, distance='l2')"
