@@ -11,6 +11,7 @@ name of a command in prose; ``make test`` itself). A documented line missing fro
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -237,7 +238,49 @@ def _workdir(tmp: Path) -> Path:
     return tmp
 
 
-def _run(command: str, extra: list[str], cwd: Path, timeout: float) -> str:
+class Zygote:
+    """``tests/docs/_zygote.py``: one process that has imported torch, Lightning and
+    lightning_fv and forks a child per command (a fresh process each, without the ~8 s of
+    imports). Lines that start other processes of their own (``--devices``) or are make
+    targets still get a process started from scratch."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name(
+            "_zygote.py"))], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=env, cwd=ROOT)
+
+    @staticmethod
+    def takes(command: str) -> bool:
+        words = shlex.split(command)
+        return (words[0] in ("lightning-fv", "python") or words[:2] == ["make", "demo"]) \
+            and "--devices" not in words
+
+    def run(self, command: str, extra: list[str], cwd: Path, timeout: float) -> str:
+        argv = _argv(command, extra)[1:]  # without the interpreter
+        if argv[:2] == ["-m", "lightning_fv.cli"]:
+            argv = ["lightning-fv", *argv[2:]]
+        log = cwd / ".command.log"
+        req = {"argv": argv, "cwd": str(cwd), "log": str(log), "timeout": timeout,
+               "env": {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}}
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        rc = json.loads(self.proc.stdout.readline())["rc"]
+        out = log.read_text(errors="replace")
+        assert rc == 0, f"{command!r} failed (exit status {rc}):\n{out[-6000:]}"
+        return out
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def _run(command: str, extra: list[str], cwd: Path, timeout: float,
+         zygote: Zygote | None = None) -> str:
+    if zygote is not None and zygote.takes(command):
+        return zygote.run(command, extra, cwd, timeout)
     words = shlex.split(command)
     if words[0] == "make" and words[1] in ("clean", "clean-outputs"):
         return _run_clean(words[1], cwd)
@@ -286,6 +329,7 @@ def _cases(fast: bool) -> list:
 def test_documented_commands_run_at_a_reduced_size(tmp_path) -> None:
     """All the cheap lines, in one scratch folder (later lines read earlier outputs)."""
     cwd = _workdir(tmp_path)
+    zygote = Zygote()
     for command in _cases(fast=True):
         if command == "make clean":  # what the documented lines promised, before clean-up
             renders = {p.name for p in (cwd / "outputs" / "render").iterdir()}
@@ -294,9 +338,11 @@ def test_documented_commands_run_at_a_reduced_size(tmp_path) -> None:
             ckpt = cwd / "outputs" / "robust_photo_patches" / "checkpoints" / "last.ckpt"
             assert ckpt.is_file()
             assert not (cwd / "config.yaml").exists()
-        out = _run(command, COVERAGE[command], cwd, timeout=600)  # type: ignore[arg-type]
+        out = _run(command, COVERAGE[command], cwd, timeout=600,  # type: ignore[arg-type]
+                   zygote=zygote)
         if command.startswith("lightning-fv render "):
             assert "wrote " in out and "units.safetensors" in out
+    zygote.close()
     assert not (cwd / "outputs").exists()  # make clean-outputs ran last
 
 
