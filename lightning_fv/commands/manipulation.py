@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lightning_fv.data.embedded import EMBEDDED, load_photos
+from lightning_fv.data.embedded import load_photos
 from lightning_fv.models import build_model
 from lightning_fv.utils.device import resolve_device
 from lightning_fv.utils.files import apply_umask, output_file
@@ -133,22 +133,12 @@ def natural_images(natural: str, split: str = "train", n_per_class: int | None =
     Raises:
         ValueError: an unknown embedded set that is no folder either, or a bad ``split``.
     """
-    from lightning_fv.data.folders import image_folder, load_images
+    from lightning_fv.data.folders import load_images, natural_set
 
     if split not in ("train", "val"):
         raise ValueError(f"natural_split must be 'train' or 'val', got {split!r}")
-    if natural == "photo_patches":
-        if n_per_class is None:
-            raise ValueError("n_natural_per_class=None (all images) needs an ImageFolder "
-                             "natural set; give a number of photo patches per class")
-        return EMBEDDED[natural](split, n_per_class, image_size)[0]
-    if natural == "digits":
-        return EMBEDDED[natural](split, image_size)[0]
-    if Path(natural).is_dir():
-        return load_images(image_folder(natural, image_size, split, per_class=n_per_class))[0]
-    raise ValueError(f"unknown natural data set {natural!r}: neither an embedded set "
-                     f"{sorted(EMBEDDED)} nor an existing ImageFolder root (a folder holding "
-                     f"{split}/<class>/*)")
+    x = natural_set(natural, split, n_per_class, image_size)
+    return x if isinstance(x, Tensor) else load_images(x)[0]
 
 
 def manipulate(

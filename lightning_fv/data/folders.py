@@ -9,7 +9,9 @@ Used by :class:`~lightning_fv.data.TorchvisionDataModule`, the natural images of
 - :func:`filter_classes`: keep the samples of some classes with their *original* labels, so
   label ``c`` is still output ``c`` of an ImageNet model (App. C.3 picks ten classes);
 - :func:`image_folder`: ``root/<split>/<class>/*`` as a filtered ``ImageFolder``;
-- :func:`load_images`: a data set into ``(images (N, 3, H, W), labels (N,))`` tensors.
+- :func:`load_images`: a data set into ``(images (N, 3, H, W), labels (N,))`` tensors;
+- :func:`natural_set`: the natural images of a split, embedded (photo patches, digits) or
+  an ``ImageFolder`` root, chosen by one name (:func:`check_natural` checks it early).
 
 Nothing is downloaded.
 """
@@ -22,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from lightning_fv.data.embedded import EMBEDDED, digits, photo_patches
 
 FOLDER_DATASETS = ("ImageFolder", "DatasetFolder")
 
@@ -157,12 +161,43 @@ def load_images(dataset: Dataset, batch_size: int = 64, num_workers: int = 0
     return torch.cat(xs), torch.cat(ys)
 
 
+def check_natural(natural: str, n_per_class: int | None) -> None:
+    """Raise when ``natural`` is neither an embedded set nor an existing ImageFolder root,
+    or ``n_per_class`` cannot be honoured (``None``, "all", needs a folder)."""
+    if natural not in EMBEDDED and not Path(natural).is_dir():
+        raise ValueError(f"unknown natural data set {natural!r}: neither an embedded set "
+                         f"{sorted(EMBEDDED)} nor an existing ImageFolder root (a folder "
+                         "holding train/<class>/* and val/<class>/*)")
+    if natural == "photo_patches" and n_per_class is None:
+        raise ValueError("n_natural_per_class=None (all images) needs an ImageFolder "
+                         "natural set; give a number of photo patches per class")
+    if n_per_class is not None and n_per_class < 1:
+        raise ValueError(f"n_natural_per_class must be >= 1 or None (all), got {n_per_class}")
+
+
+def natural_set(natural: str, split: str, n_per_class: int | None, image_size: int
+                ) -> Tensor | Dataset:
+    """Natural images of ``split`` (``"train"``/``"val"``) in [0, 1] RGB at ``image_size``:
+    ``(N, 3, H, W)`` for an embedded set (``"photo_patches"``: ``n_per_class`` patches per
+    class; ``"digits"``: the whole split), or, for the root of an ImageFolder
+    ``root/{train,val}/<class>/*``, a lazy data set of ``(image, class)`` pairs holding the
+    first ``n_per_class`` images of each class folder (``None``: all)."""
+    check_natural(natural, n_per_class)
+    if natural == "photo_patches":
+        return photo_patches(split, n_per_class, image_size)[0]
+    if natural == "digits":
+        return digits(split, image_size)[0]
+    return image_folder(natural, image_size, split, per_class=n_per_class)
+
+
 __all__ = [
     "FOLDER_DATASETS",
+    "check_natural",
     "check_class_indices",
     "dataset_targets",
     "filter_classes",
     "image_folder",
     "image_transform",
     "load_images",
+    "natural_set",
 ]

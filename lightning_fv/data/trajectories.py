@@ -39,8 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
-from lightning_fv.data.embedded import digits, photo_patches
-from lightning_fv.data.folders import image_folder
+from lightning_fv.data.folders import check_natural, natural_set
 from lightning_fv.optvis.hooks import parse_unit, parse_units
 from lightning_fv.optvis.render import log_spaced_steps, render_units
 from lightning_fv.optvis.transform import TransformChain, standard_transforms
@@ -51,7 +50,6 @@ from lightning_fv.utils.rng import make_generator
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
-NATURAL = {"photo_patches": photo_patches, "digits": digits}
 
 
 def layer_units(model: nn.Module, layers: Sequence[str], image_size: int,
@@ -200,16 +198,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         std: list[float] | None = None,
     ) -> None:
         super().__init__()
-        if natural not in NATURAL and not Path(natural).is_dir():
-            raise ValueError(f"unknown natural data set {natural!r}: neither an embedded set "
-                             f"{sorted(NATURAL)} nor an existing ImageFolder root (a folder "
-                             "holding train/<class>/* and val/<class>/*)")
-        if natural == "photo_patches" and n_natural_per_class is None:
-            raise ValueError("n_natural_per_class=None (all images) needs an ImageFolder "
-                             "natural set; give a number of photo patches per class")
-        if n_natural_per_class is not None and n_natural_per_class < 1:
-            raise ValueError(f"n_natural_per_class must be >= 1 or None (all), got "
-                             f"{n_natural_per_class}")
+        check_natural(natural, n_natural_per_class)
         if transforms not in ("standard", "none"):
             raise ValueError(f"transforms must be 'standard' or 'none', got {transforms!r}")
         self.model_spec = model
@@ -258,11 +247,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         n = self.n_natural_per_class
         if n is not None and split != "train":
             n = max(1, n // 2)
-        if self.natural == "photo_patches":
-            return photo_patches(split, n, self.image_size)[0]
-        if self.natural == "digits":
-            return digits(split, self.image_size)[0]
-        return image_folder(self.natural, self.image_size, split, per_class=n)
+        return natural_set(self.natural, split, n, self.image_size)
 
     def settings(self, model: nn.Module, units: Sequence[str]) -> dict[str, object]:
         """Everything the cached visualizations depend on (hashed into the cache key)."""

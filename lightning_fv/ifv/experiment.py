@@ -39,13 +39,14 @@ from lightning_fv.ifv.jacobian import feature_jacobian, jacobian_gram
 from lightning_fv.optvis.hooks import capture, preserved_state
 from lightning_fv.optvis.layout import features
 from lightning_fv.optvis.objectives import OUTPUT, cosine_power
-from lightning_fv.optvis.param import ImageParam
+from lightning_fv.optvis.param import ImageParam, ifv_parameterization
 from lightning_fv.optvis.render import render
 from lightning_fv.utils.device import model_device
 from lightning_fv.utils.rng import make_generator
 
 KINDS = ("predicted", "target", "response", "random")
-P_RGB = {"fft": False, "decorrelate": False, "output": "sigmoid"}
+#: §3.2's parameterization, the default of every realization
+P_RGB = ifv_parameterization("p_rgb")
 
 
 @dataclass

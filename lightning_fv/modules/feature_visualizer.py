@@ -38,7 +38,7 @@ from lightning_fv.optvis.transform import model_input_size
 from lightning_fv.utils.checkpoint import save_tensors
 from lightning_fv.utils.console import StepProgress
 from lightning_fv.utils.device import model_device, model_dtype
-from lightning_fv.utils.files import apply_umask, output_folder
+from lightning_fv.utils.files import apply_umask, run_folder
 from lightning_fv.utils.preprocess import Normalize, as_normalize, check_mean_std
 
 log = logging.getLogger(__name__)
@@ -268,22 +268,10 @@ class FeatureVisualizer(L.LightningModule):
         """The folder this run writes to (chosen once per run; see ``output_dir``)."""
         if self._run_dir is None:
             trainer = self._trainer
-            if self.output_dir is not None:
-                out = Path(self.output_dir)
-                if (out / "units.safetensors").exists() and not self.overwrite:
-                    raise FileExistsError(
-                        f"output_dir {str(out)!r} already holds a sweep (units.safetensors); "
-                        f"pass a new folder, leave output_dir unset for a fresh version_N "
-                        f"folder, or pass overwrite=True (--model.overwrite true)")
-                self._run_dir = output_folder(out, DEFAULT_ROOT, overwrite=True)
-            elif trainer is not None and trainer.logger is not None and trainer.log_dir:
-                self._run_dir = output_folder(trainer.log_dir, DEFAULT_ROOT, overwrite=True)
-                if (self._run_dir / "units.safetensors").exists() and not self.overwrite:
-                    raise FileExistsError(
-                        f"the log folder {str(self._run_dir)!r} already holds a sweep; set "
-                        f"output_dir or overwrite=True")
-            else:
-                self._run_dir = output_folder(None, DEFAULT_ROOT)
+            logged = trainer is not None and trainer.logger is not None
+            log_dir = trainer.log_dir if logged else None
+            self._run_dir = run_folder(self.output_dir, log_dir, DEFAULT_ROOT,
+                                       "units.safetensors", "a sweep", self.overwrite)
         return self._run_dir
 
     def predict_dataloader(self) -> DataLoader:

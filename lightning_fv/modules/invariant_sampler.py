@@ -34,7 +34,7 @@ from lightning_fv.diffusion.invariant import (
     make_objective,
     seeded_latents,
 )
-from lightning_fv.utils.files import output_folder
+from lightning_fv.utils.files import run_folder
 from lightning_fv.utils.preprocess import as_normalize, check_mean_std
 
 __all__ = ["DEFAULT_ALGORITHM", "InvariantSetSampler", "QueryDataset", "invariant_metrics",
@@ -261,19 +261,11 @@ class InvariantSetSampler(L.LightningModule):
         """The folder this run writes to (chosen once per run; see ``output_dir``)."""
         if self._run_dir is None:
             trainer = self._trainer
-            if self.output_dir is not None:
-                base: str | None = self.output_dir
-            elif trainer is not None and trainer.logger is not None and trainer.log_dir:
-                base = trainer.log_dir
-            else:
-                base = None
-            out = output_folder(base, DEFAULT_ROOT, overwrite=True)
-            if (out / "invariant_sets.safetensors").exists() and not self.overwrite:
-                raise FileExistsError(
-                    f"output_dir {str(out)!r} already holds invariant sets; pass a new "
-                    f"folder, leave output_dir unset for a fresh {DEFAULT_ROOT}/version_N, "
-                    f"or pass overwrite=True (--model.overwrite true)")
-            self._run_dir = out
+            logged = trainer is not None and trainer.logger is not None
+            log_dir = trainer.log_dir if logged else None
+            self._run_dir = run_folder(self.output_dir, log_dir, DEFAULT_ROOT,
+                                       "invariant_sets.safetensors", "invariant sets",
+                                       self.overwrite)
         return self._run_dir
 
     def on_predict_epoch_start(self) -> None:

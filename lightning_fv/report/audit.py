@@ -60,7 +60,7 @@ from lightning_fv.optvis.hooks import layer_channels
 from lightning_fv.optvis.layout import Layout
 from lightning_fv.optvis.render import PRESETS
 from lightning_fv.utils import make_generator, model_device
-from lightning_fv.utils.distributed import broadcast_object, map_chunks, world
+from lightning_fv.utils.distributed import broadcast_object, map_chunks, owned_items, world
 from lightning_fv.utils.preprocess import Normalize, normalized_input
 
 #: Section names in report order.
@@ -442,9 +442,7 @@ def _render(ctx: _Context, names: Sequence[str], seeds: Sequence[int], steps: in
     ``ctx.batch_size`` sharded over the processes: final images ``(n, 3, H, W)`` and objective
     values ``(n,)`` on the CPU in unit order (every process), and each process's units."""
     jobs = list(zip(names, seeds))
-    rank, size = world(ctx.dist)
-    mine = sum(len(jobs[s:s + ctx.batch_size])
-               for s in range(rank * ctx.batch_size, len(jobs), size * ctx.batch_size))
+    mine = len(owned_items(jobs, ctx.batch_size, ctx.dist))
     bar = None
     if ctx.progress:
         from tqdm.auto import tqdm

@@ -72,6 +72,19 @@ def broadcast_object(dist: Any, obj: T) -> T:
     return box[0]
 
 
+def chunked(items: Sequence[T], chunk_size: int | None) -> list[list[T]]:
+    """``items`` in the fixed chunks ``items[k·c:(k+1)·c]`` (``c = chunk_size``; ``None``:
+    one chunk) that :func:`map_chunks` deals out; chunk ``k`` belongs to rank ``k mod world``."""
+    c = max(1, int(chunk_size or len(items) or 1))
+    return [list(items[s:s + c]) for s in range(0, len(items), c)]
+
+
+def owned_items(items: Sequence[T], chunk_size: int | None, dist: Any) -> list[T]:
+    """The items this rank computes in :func:`map_chunks` (its chunks, in order)."""
+    rank, size = world(dist)
+    return [x for chunk in chunked(items, chunk_size)[rank::size] for x in chunk]
+
+
 def map_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], dist: Any,
                chunk_size: int | None = None) -> tuple[list[R], list[list[T]]]:
     """``fn`` over the chunks ``items[k·c:(k+1)·c]`` (``c = chunk_size``, ``None``: one chunk),
@@ -82,9 +95,8 @@ def map_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], dist: Any,
     items rank ``r`` computed. A collective: every rank must call it with the same items.
     """
     rank, size = world(dist)
-    c = max(1, int(chunk_size or len(items) or 1))
-    chunks = [list(items[s:s + c]) for s in range(0, len(items), c)]
-    shards = [[x for k in range(r, len(chunks), size) for x in chunks[k]] for r in range(size)]
+    chunks = chunked(items, chunk_size)
+    shards = [[x for chunk in chunks[r::size] for x in chunk] for r in range(size)]
     if size == 1 or not _initialized():  # one process: errors propagate as they are
         return [r for chunk in chunks for r in _checked(fn, chunk, rank)], shards
     mine: list[tuple[int, list[R]]] = []
@@ -111,4 +123,5 @@ def _checked(fn: Callable[[list[T]], list[R]], chunk: list[T], rank: int) -> lis
     return out
 
 
-__all__ = ["broadcast_object", "gather_objects", "map_chunks", "shard", "unshard", "world"]
+__all__ = ["broadcast_object", "chunked", "gather_objects", "map_chunks", "owned_items", "shard",
+           "unshard", "world"]

@@ -50,6 +50,24 @@ def output_folder(output_dir: str | Path | None, default_root: str | Path,
     return out
 
 
+def run_folder(output_dir: str | Path | None, log_dir: str | Path | None,
+               default_root: str | Path, result_file: str, what: str,
+               overwrite: bool = False) -> Path:
+    """The folder a Lightning run writes its result to: ``output_dir`` when given, else the
+    run's log folder (``log_dir``, when the trainer has a logger), else a fresh
+    ``default_root/version_N``. A folder that already holds ``result_file`` (an earlier
+    result, ``what`` in the message) raises :class:`FileExistsError` unless ``overwrite``;
+    other files in it (Lightning's ``config.yaml``, logs) are fine."""
+    base = output_dir if output_dir is not None else log_dir or None
+    out = output_folder(base, default_root, overwrite=True)
+    if (out / result_file).exists() and not overwrite:
+        raise FileExistsError(
+            f"output_dir {str(out)!r} already holds {what} ({result_file}); pass a new folder, "
+            f"leave output_dir unset for a fresh {Path(default_root) / 'version_N'}, or pass "
+            f"overwrite=True (--model.overwrite true)")
+    return out
+
+
 def output_file(path: str | Path, overwrite: bool = False) -> Path:
     """``path`` for a command's single-file result: its folder is created; an existing file
     raises :class:`FileExistsError` unless ``overwrite``."""
