@@ -12,8 +12,10 @@ of App. C.1 is trained on pixels), as a forward pre-hook registered after the ga
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -141,6 +143,34 @@ def natural_images(natural: str, split: str = "train", n_per_class: int | None =
     return x if isinstance(x, Tensor) else load_images(x)[0]
 
 
+def labelled_batches(data: str, split: str = "val", n_per_class: int | None = None,
+                     image_size: int = 64, batch_size: int = 64
+                     ) -> Iterable[tuple[Tensor, Tensor]]:
+    """Labelled images ``(B, 3, image_size, image_size)`` in [0, 1] with labels ``(B,)``, in
+    batches: an embedded set (``"photo_patches"``: ``n_per_class`` per class, default 30;
+    ``"digits"``: the whole split) or the root of an ImageFolder ``root/<split>/<class>/*``
+    read lazily (label = the class folder's index in sorted order, which is the ImageNet
+    output index for the 1000 synset folders; ``n_per_class=None`` takes every image).
+
+    Raises:
+        ValueError: a bad ``split``, or a name that is neither an embedded set nor a folder.
+    """
+    from torch.utils.data import DataLoader
+
+    from lightning_fv.data.embedded import digits, photo_patches
+    from lightning_fv.data.folders import check_natural, image_folder
+
+    if split not in ("train", "val"):
+        raise ValueError(f"eval_split must be 'train' or 'val', got {split!r}")
+    check_natural(data, n_per_class)
+    if data in ("photo_patches", "digits"):
+        x, y = (photo_patches(split, n_per_class or 30, image_size) if data == "photo_patches"
+                else digits(split, image_size))
+        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return DataLoader(image_folder(data, image_size, split, per_class=n_per_class),
+                      batch_size=batch_size, shuffle=False)
+
+
 def manipulate(
     model: str = "bundled:photo_patches",
     method: str = "permute",
@@ -168,8 +198,17 @@ def manipulate(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     natural_split: str = "train",
+    eval_data: str | None = None,
+    eval_split: str = "val",
+    eval_per_class: int | None = None,
+    eval_image_size: int | None = None,
+    eval_batch_size: int = 64,
+    device: str = "auto",
 ) -> str:
-    """Build a manipulated model and save it (safetensors with the manipulation recipe).
+    """Build a manipulated model and save it (safetensors with the manipulation recipe and
+    the model's ``mean``/``std``/``num_classes``); with ``eval_data``, also measure what the
+    manipulation does to classification (§2.1: top-1 69.146 % → 68.744 %; §2.2: top-1 and
+    top-5 unchanged) and write it beside the model as ``<output>.eval.json``.
 
     Args:
         model: the original model's name (also stored in the file).
@@ -203,14 +242,29 @@ def manipulate(
         mean, std: the model's input normalization (both or neither), e.g. ImageNet's for
             torchvision weights. ``silent`` renders its target and records the natural
             activations through it; the fooling circuit needs no forward pass to build
-            (its gate sees [0, 1] pixels). Pass the same values to ``render-comparison``.
+            (its gate sees [0, 1] pixels). They are stored in the output file, and
+            ``render-comparison`` reads them from there.
+        eval_data, eval_split, eval_per_class, eval_image_size, eval_batch_size: labelled
+            images on which the original and the manipulated model are compared
+            (:func:`labelled_batches`; e.g. the ImageNet validation folder for §2.1/§2.2,
+            whose ``root/val/<synset>/*`` layout gives ImageNet's labels), resized and
+            centre-cropped to ``eval_image_size`` (default ``image_size``). Top-1 and
+            top-5 (top-min(5, K)) accuracy of both, their change in percentage points, the
+            fraction of images with the same top-1 and with bit-identical outputs
+            (:func:`~lightning_fv.manipulation.evaluation.compare_predictions`).
+        device: where the evaluation runs (``auto``, ``cpu``, ``cuda``); the manipulation
+            itself is built on the CPU.
 
     Returns:
         The written path.
     """
     output_file(output, overwrite=overwrite)
+    eval_path = Path(output).with_suffix(".eval.json")
+    if eval_data is not None:
+        output_file(eval_path, overwrite=overwrite)
     norm = check_mean_std(mean, std)
     from lightning_fv.manipulation import (
+        compare_predictions,
         embed_images,
         pattern_from_unit,
         permute_layer,
@@ -220,6 +274,7 @@ def manipulate(
     from lightning_fv.optvis.hooks import get_layer
 
     net = build_model(model, num_classes=num_classes, checkpoint_path=checkpoint_path).eval()
+    original = copy.deepcopy(net) if eval_data is not None else None
     if method in ("permute", "embed"):
         if detector_path is None:
             raise ValueError(f"method {method!r} needs detector_path (train_detector's output)")
@@ -252,10 +307,34 @@ def manipulate(
                                 inplace=True)
     else:
         raise ValueError(f"unknown method {method!r}; valid: permute, embed, silent")
-    path = save_manipulated(new, output, base=model)
+    path = save_manipulated(new, output, base=model, mean=mean, std=std, num_classes=num_classes)
     apply_umask(path)
     log.info("manipulated model saved to %s", path)
+    if original is not None and eval_data is not None:
+        dev = resolve_device(device)
+        batches = labelled_batches(eval_data, eval_split, eval_per_class,
+                                   eval_image_size or image_size, eval_batch_size)
+        k_out = _num_outputs(original)
+        topk = (1, min(5, k_out)) if k_out else (1,)
+        original, new = original.to(dev), new.to(dev)
+        with normalized_input(original, norm), normalized_input(new, norm):
+            scores = compare_predictions(original, new, batches, topk=topk, device=dev)
+        eval_path.write_text(json.dumps({
+            "eval_data": eval_data, "eval_split": eval_split, "eval_per_class": eval_per_class,
+            "image_size": eval_image_size or image_size, "method": method, "layer": layer,
+            **scores}, indent=2))
+        apply_umask(eval_path)
+        log.info("evaluation on %d %s images: top-1 %.3f %% -> %.3f %% (%+.3f pp); outputs "
+                 "bit-identical on %.1f %%; written to %s", int(scores["n"]), eval_split,
+                 100 * scores["original/top1"], 100 * scores["manipulated/top1"],
+                 scores["delta_pp/top1"], 100 * scores["identical_fraction"], eval_path)
     return str(path)
+
+
+def _num_outputs(model: torch.nn.Module) -> int | None:
+    """The number of classes of the model's last ``nn.Linear`` (None if it has none)."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return last[-1].out_features if last else None
 
 
 def render_comparison(
@@ -273,6 +352,7 @@ def render_comparison(
     num_classes: int | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    preset: str = "lucent",
 ) -> str:
     """Render ``units`` of the original (top row) and the manipulated model (bottom row)
     with the same seeds and save the grid (Fig. 2 / Fig. 5 style).
@@ -293,8 +373,11 @@ def render_comparison(
         checkpoint_path, num_classes: the original model's weights and classes, as given to
             :func:`manipulate` (the top row is rendered from them; without
             ``checkpoint_path`` a torchvision/timm name has random weights).
-        mean, std: the model's input normalization, as given to :func:`manipulate`; both
-            models take [0, 1] pixels and normalize after the fooling gate.
+        mean, std: the model's input normalization; default: the values stored in the
+            file by :func:`manipulate` (given values must match them). Both models take
+            [0, 1] pixels and normalize after the fooling gate.
+        preset: the renderer (:data:`lightning_fv.optvis.render.PRESETS`); default
+            ``"lucent"``, the paper's (Fig. 2 and Fig. 5 were rendered with Lucent 0.1.8).
     """
     from lightning_fv.manipulation import load_manipulated
     from lightning_fv.manipulation.io import read_manipulation_metadata
@@ -306,6 +389,7 @@ def render_comparison(
     name = model or meta.get("base")
     if not name:
         raise ValueError("the file does not record its base model; pass model=")
+    mean, std, num_classes = _stored(meta, mean, std, num_classes)
     norm = check_mean_std(mean, std)
     dev = resolve_device(device)
     base = build_model(str(name), num_classes=num_classes,
@@ -315,7 +399,8 @@ def render_comparison(
     if not units:
         layer = meta["manipulations"][-1]["layer"]  # type: ignore[index]
         units = [f"{layer}:{i}" for i in range(10)]
-    kw = dict(thresholds=(steps,), image_size=image_size, seed=seed, progress=progress)
+    kw = dict(thresholds=(steps,), image_size=image_size, seed=seed, progress=progress,
+              preset=preset)
     # the normalization hook is registered after the gate's, so the gate sees pixels
     with normalized_input(base, norm), normalized_input(new, norm):
         before = render_units(base, units, **kw)
@@ -334,4 +419,27 @@ def render_comparison(
     return str(path)
 
 
-__all__ = ["manipulate", "natural_images", "render_comparison", "train_detector"]
+def _stored(meta: dict[str, object], mean: list[float] | None, std: list[float] | None,
+            num_classes: int | None) -> tuple[list[float] | None, list[float] | None, int | None]:
+    """The normalization and class count stored in a manipulated file, unless given; given
+    values that differ from stored ones raise (the two rows would be different models)."""
+    out = []
+    for key, given in (("mean", mean), ("std", std), ("num_classes", num_classes)):
+        stored = meta.get(key)
+        if given is None:
+            out.append(stored)
+            continue
+        if stored is not None:
+            same = (given == stored if key == "num_classes" else
+                    len(given) == len(stored) and all(  # type: ignore[arg-type]
+                        abs(float(a) - float(b)) < 1e-9 for a, b in zip(given, stored)))  # type: ignore[arg-type]
+            if not same:
+                raise ValueError(f"{key}={given} differs from the {key}={stored} the "
+                                 f"manipulated model was built with; omit it to use the stored "
+                                 f"value")
+        out.append(given)
+    return out[0], out[1], out[2]  # type: ignore[return-value]
+
+
+__all__ = ["labelled_batches", "manipulate", "natural_images", "render_comparison",
+           "train_detector"]

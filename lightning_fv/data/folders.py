@@ -10,6 +10,8 @@ Used by :class:`~lightning_fv.data.TorchvisionDataModule`, the natural images of
   label ``c`` is still output ``c`` of an ImageNet model (App. C.3 picks ten classes);
 - :func:`image_folder`: ``root/<split>/<class>/*`` as a filtered ``ImageFolder``;
 - :func:`load_images`: a data set into ``(images (N, 3, H, W), labels (N,))`` tensors;
+- :func:`folder_images`: both at once, e.g. the query images of the invariant-set sampler
+  (``equidiff-invariant-sets-thesis`` §4.2.2: query images ``x*`` from a data set);
 - :func:`natural_set`: the natural images of a split, embedded (photo patches, digits) or
   an ``ImageFolder`` root, chosen by one name (:func:`check_natural` checks it early).
 
@@ -161,6 +163,16 @@ def load_images(dataset: Dataset, batch_size: int = 64, num_workers: int = 0
     return torch.cat(xs), torch.cat(ys)
 
 
+def folder_images(root: str | Path, size: int, classes: Sequence[int] | None = None,
+                  per_class: int | None = None, split: str | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """The images of ``root/<class>/*`` (or ``root/<split>/<class>/*``) as tensors: at most
+    the first ``per_class`` of each class in ``classes`` (``None``: all), in the folder's
+    order, ``(N, 3, size, size)`` [0, 1] RGB (:func:`image_transform`) and their original
+    labels ``(N,)`` (:func:`image_folder` + :func:`load_images`)."""
+    return load_images(image_folder(root, size, split, classes, per_class))
+
+
 def check_natural(natural: str, n_per_class: int | None) -> None:
     """Raise when ``natural`` is neither an embedded set nor an existing ImageFolder root,
     or ``n_per_class`` cannot be honoured (``None``, "all", needs a folder)."""
@@ -196,6 +208,7 @@ __all__ = [
     "check_class_indices",
     "dataset_targets",
     "filter_classes",
+    "folder_images",
     "image_folder",
     "image_transform",
     "load_images",

@@ -41,7 +41,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from lightning_fv.data.folders import check_natural, natural_set
 from lightning_fv.optvis.hooks import parse_unit, parse_units
-from lightning_fv.optvis.render import log_spaced_steps, render_units
+from lightning_fv.optvis.render import log_spaced_steps, preset_settings, render_units
 from lightning_fv.optvis.transform import TransformChain, standard_transforms
 from lightning_fv.utils.checkpoint import save_tensors
 from lightning_fv.utils.device import resolve_device
@@ -84,15 +84,18 @@ def render_trajectories(model: nn.Module, units: Sequence[str], trajectories_per
                         steps: int = 64, n_log_steps: int = 15, image_size: int = 64,
                         transforms: str | None = "standard", batch_size: int = 64,
                         seed: int = 0, progress: bool = False,
-                        normalize: tuple[Sequence[float], Sequence[float]] | None = None
-                        ) -> Tensor:
+                        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+                        preset: str = "lucid") -> Tensor:
     """Log-sampled trajectory images ``(U·T·S, 3, H, W)`` in [0, 1] (App. C.1).
 
     Unit ``u`` is rendered ``T = trajectories_per_unit`` times with seeds ``seed + t``;
     ``S = n_log_steps`` steps of each ``steps``-step optimization are kept. Order: unit-major,
     then trajectory, then step. ``normalize``: the model's ``(mean, std)``, applied to its
     input after the transforms (``None``: the model takes [0, 1] pixels); the returned
-    images are the un-normalized [0, 1] pixels.
+    images are the un-normalized [0, 1] pixels. ``preset``: the renderer
+    (:data:`lightning_fv.optvis.render.PRESETS`); ``"lucid"`` (default) is C.1's "parameters
+    used by Olah et al. (2017)": Lucid's ``render_vis`` redirects ReLU gradients for its
+    first 16 steps; ``"lucent"`` is C.2's Lucent 0.1.8, without the redirection.
     """
     if trajectories_per_unit < 1:
         raise ValueError(f"trajectories_per_unit must be >= 1, got {trajectories_per_unit}")
@@ -102,7 +105,7 @@ def render_trajectories(model: nn.Module, units: Sequence[str], trajectories_per
                        thresholds=(steps,), image_size=image_size,
                        transforms="standard" if transforms == "standard" else None,
                        record=log_spaced_steps(steps, n_log_steps), record_grads=False,
-                       normalize=normalize)
+                       normalize=normalize, preset=preset)
     imgs = res.trajectory.images  # (S, N, 3, H, W)
     return imgs.transpose(0, 1).reshape(-1, *imgs.shape[2:]).clamp(0, 1)
 
@@ -169,6 +172,9 @@ class TrajectoryDataModule(L.LightningDataModule):
         checkpoint_path: local weights for a named ``model``.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``.
         batch_size, num_workers: loader settings.
+        preset: the renderer of the trajectories (:func:`render_trajectories`): ``"lucid"``
+            (default), C.1's Olah et al. (2017) settings with redirected ReLU gradients for
+            16 steps; ``"lucent"``, C.2's renderer without them.
     """
 
     def __init__(
@@ -196,9 +202,11 @@ class TrajectoryDataModule(L.LightningDataModule):
         chunk_size: int | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
+        preset: str = "lucid",
     ) -> None:
         super().__init__()
         check_natural(natural, n_natural_per_class)
+        preset_settings(preset)  # an unknown preset fails here, naming the valid ones
         if transforms not in ("standard", "none"):
             raise ValueError(f"transforms must be 'standard' or 'none', got {transforms!r}")
         self.model_spec = model
@@ -226,6 +234,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.normalize = check_mean_std(mean, std)
+        self.preset = preset
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.cache_path: Path | None = None
@@ -265,6 +274,8 @@ class TrajectoryDataModule(L.LightningDataModule):
             "transforms": self.transforms,
             **({} if self.normalize is None else {"normalize": [list(v) for v in
                                                                self.normalize]}),
+            # the default renderer keeps the keys of caches written before it was an option
+            **({} if self.preset == "lucid" else {"preset": self.preset}),
         }
 
     @staticmethod
@@ -298,7 +309,7 @@ class TrajectoryDataModule(L.LightningDataModule):
                                     self.n_log_steps, self.image_size,
                                     None if self.transforms == "none" else "standard",
                                     self.render_batch_size, seed=0, progress=True,
-                                    normalize=self.normalize)
+                                    normalize=self.normalize, preset=self.preset)
             parts.append(augment_like_rendering(v, self.augment_fraction, self.split_seed + k))
         if path is not None:
             save_tensors({"train": parts[0].half(), "test": parts[1].half()}, path,

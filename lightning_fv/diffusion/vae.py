@@ -40,6 +40,7 @@ __all__ = [
     "build_vavae",
     "convert_ldm_vae_state_dict",
     "decode_latents",
+    "decoder_factor",
     "encode_latents",
     "load_vavae",
 ]
@@ -159,6 +160,18 @@ def vavae_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     if any(k.startswith(("encoder.down.", "decoder.up.")) for k in state):
         return convert_ldm_vae_state_dict(state)
     return state
+
+
+def decoder_factor(decoder: nn.Module) -> int | None:
+    """The up-sampling factor latents → images of ``decoder``: ``factor`` of a
+    :class:`ResizeAutoencoder`, ``2^(levels − 1)`` of a diffusers ``AutoencoderKL`` (16 for the
+    VA-VAE f16d32: five levels, four 2× up-samplings); ``None`` for anything else."""
+    if isinstance(decoder, ResizeAutoencoder):
+        return decoder.factor
+    widths = getattr(getattr(decoder, "config", None), "block_out_channels", None)
+    if widths is not None:
+        return 2 ** (len(widths) - 1)
+    return None
 
 
 def encode_latents(vae: nn.Module, images: Tensor, sample: bool = False,

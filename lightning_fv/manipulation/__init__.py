@@ -7,6 +7,7 @@ from lightning_fv.manipulation.detector_net import (
     detector_flatten_size,
 )
 from lightning_fv.manipulation.evaluation import (
+    compare_predictions,
     image_correlation,
     layer_response,
     pairwise_similarity,
@@ -47,6 +48,7 @@ __all__ = [
     "KTooSmallError",
     "SilentUnits",
     "check_k",
+    "compare_predictions",
     "detector_feature_sizes",
     "detector_flatten_size",
     "embed_images",

@@ -7,7 +7,7 @@ visualization drives the original model's target unit ``D`` hardest (Fig. 2).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +100,75 @@ def target_hit_rate(response: Tensor, targets: Sequence[int],
     return float((arg == t).float().mean()), arg
 
 
+@torch.no_grad()
+def compare_predictions(original: nn.Module, manipulated: nn.Module,
+                        batches: Iterable[tuple[Tensor, Tensor]], topk: Sequence[int] = (1, 5),
+                        device: torch.device | str | None = None) -> dict[str, float]:
+    """Top-k accuracy of the original and the manipulated model on the same labelled images
+    (§2.1: "69.146 % → 68.744 % top-1"; §2.2: top-1 and top-5 unchanged), and how often
+    their outputs agree.
+
+    Args:
+        original, manipulated: classifiers ``(B, 3, H, W) → (B, K)`` logits (both put in
+            eval mode; their modes are restored afterwards).
+        batches: ``(images (B, 3, H, W), labels (B,))`` pairs, e.g. a ``DataLoader``; images
+            as the models take them.
+        topk: the ``k`` of each reported accuracy (each ``k ≤ K``).
+        device: where to run (default: ``original``'s parameters' device).
+
+    Returns:
+        ``{"n", "original/top{k}", "manipulated/top{k}", "delta_pp/top{k}" (percentage
+        points, manipulated − original), "same_top1_fraction", "identical_fraction"
+        (outputs bit-identical), "max_abs_logit_change"}``.
+
+    Raises:
+        ValueError: no images, a ``k`` larger than the number of outputs, or labels whose
+            count differs from the images'.
+    """
+    modes = (original.training, manipulated.training)
+    original.eval()
+    manipulated.eval()
+    dev = torch.device(device) if device is not None else next(
+        (p.device for p in original.parameters()), torch.device("cpu"))
+    ks = sorted({int(k) for k in topk})
+    hits = {("original", k): 0 for k in ks} | {("manipulated", k): 0 for k in ks}
+    n = same = identical = 0
+    max_change = 0.0
+    try:
+        for x, y in batches:
+            x, y = x.to(dev), torch.as_tensor(y).to(dev)
+            if y.shape != (x.shape[0],):
+                raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+            a, b = original(x), manipulated(x)
+            if ks[-1] > a.shape[1]:
+                raise ValueError(f"topk {ks[-1]} exceeds the models' {a.shape[1]} outputs")
+            for name, out in (("original", a), ("manipulated", b)):
+                top = out.topk(ks[-1], dim=1).indices
+                for k in ks:
+                    hits[(name, k)] += int((top[:, :k] == y[:, None]).any(1).sum())
+            same += int((a.argmax(1) == b.argmax(1)).sum())
+            identical += int((a == b).flatten(1).all(1).sum())
+            max_change = max(max_change, float((a - b).abs().max()) if a.numel() else 0.0)
+            n += x.shape[0]
+    finally:
+        original.train(modes[0])
+        manipulated.train(modes[1])
+    if n == 0:
+        raise ValueError("compare_predictions got no images")
+    out: dict[str, float] = {"n": float(n)}
+    for k in ks:
+        o, m = hits[("original", k)] / n, hits[("manipulated", k)] / n
+        out[f"original/top{k}"] = o
+        out[f"manipulated/top{k}"] = m
+        out[f"delta_pp/top{k}"] = 100.0 * (m - o)
+    out["same_top1_fraction"] = same / n
+    out["identical_fraction"] = identical / n
+    out["max_abs_logit_change"] = max_change
+    return out
+
+
 __all__ = [
+    "compare_predictions",
     "image_correlation",
     "layer_response",
     "pairwise_similarity",

@@ -17,22 +17,34 @@ from lightning_fv.optvis.hooks import get_layer
 from lightning_fv.utils.checkpoint import checkpoint_metadata, load_state_dict, save_tensors
 
 
-def save_manipulated(model: nn.Module, path: str | Path, base: str | None = None) -> Path:
+def save_manipulated(model: nn.Module, path: str | Path, base: str | None = None,
+                     mean: list[float] | None = None, std: list[float] | None = None,
+                     num_classes: int | None = None) -> Path:
     """Write ``model``'s state dict and its ``fv_manipulations`` to ``path`` (safetensors).
-    ``base`` records how to build the original model (e.g. ``"bundled:photo_patches"``)."""
+    ``base`` records how to build the original model (e.g. ``"bundled:photo_patches"``);
+    ``mean``/``std`` its input normalization and ``num_classes`` its outputs, as the
+    manipulation was built with them (``null`` when not given), so that
+    ``render-comparison`` and evaluations rebuild the same model."""
     specs = getattr(model, "fv_manipulations", None)
     if not specs:
         raise ValueError("model carries no manipulation (fv_manipulations is empty)")
-    meta = {"manipulations": json.dumps(specs), "base": json.dumps(base)}
+    meta = {"manipulations": json.dumps(specs), "base": json.dumps(base),
+            "mean": json.dumps(None if mean is None else [float(v) for v in mean]),
+            "std": json.dumps(None if std is None else [float(v) for v in std]),
+            "num_classes": json.dumps(num_classes)}
     return save_tensors(model.state_dict(), path, metadata=meta)
 
 
 def read_manipulation_metadata(path: str | Path) -> dict[str, object]:
-    """``{"manipulations": [...], "base": ...}`` stored by :func:`save_manipulated`."""
+    """``{"manipulations": [...], "base": ..., "mean": ..., "std": ..., "num_classes": ...}``
+    stored by :func:`save_manipulated` (files written before 2026-12 lack the last three:
+    they read as ``None``)."""
     meta = checkpoint_metadata(path)
     if "manipulations" not in meta:
         raise ValueError(f"{str(path)!r} is not a manipulated model (no 'manipulations' metadata)")
-    return {k: json.loads(v) for k, v in meta.items()}
+    out: dict[str, object] = {"mean": None, "std": None, "num_classes": None}
+    out.update({k: json.loads(v) for k, v in meta.items()})
+    return out
 
 
 def load_manipulated(base_model: nn.Module, path: str | Path) -> nn.Module:

@@ -34,6 +34,7 @@ from lightning_fv.diffusion.invariant import (
     make_objective,
     seeded_latents,
 )
+from lightning_fv.diffusion.pipeline import PipelineFiles
 from lightning_fv.utils.files import run_folder
 from lightning_fv.utils.preprocess import as_normalize, check_mean_std
 
@@ -82,8 +83,12 @@ class InvariantSetSampler(L.LightningModule):
     """Sample invariant sets of query images with ``trainer.predict`` (thesis App. .1).
 
     Args:
-        pipeline: a diffusion checkpoint for :func:`lightning_fv.diffusion.load_pipeline`
-            (``"bundled"`` = the small digits LightningDiT) or a pipeline module.
+        pipeline: a single-file diffusion checkpoint for
+            :func:`lightning_fv.diffusion.load_pipeline` (``"bundled"`` = the small digits
+            LightningDiT), the official release's separate files as
+            :class:`~lightning_fv.diffusion.pipeline.PipelineFiles` (YAML ``pipeline: {dit:
+            …, vae: …, latent_stats: …}``; LightningDiT-XL/1 + VA-VAE, thesis §3.1), or a
+            pipeline module.
         classifier: a model name for :func:`lightning_fv.models.build_model`
             (``"bundled:digits"``) or an ``nn.Module``; input [0, 1] RGB unless ``mean``/``std``.
         checkpoint_path: local weights for a named classifier.
@@ -98,9 +103,16 @@ class InvariantSetSampler(L.LightningModule):
             ``InvariantConfig()`` is App. .3). In YAML: ``algorithm: {budget: 64, …}``.
         conditional: pass the query's label to the diffusion model (else the null class).
         seed: base seed of the starting latents.
-        queries: ``"digits"`` (the embedded digits, validation split) for the built-in
-            predict dataloader; any ``(image, label[, index])`` dataloader works too.
-        queries_per_class, classes: which built-in query images.
+        queries: the built-in predict dataloader's query images: ``"digits"`` (the embedded
+            digits, validation split) or the root of an ImageFolder ``<root>/<class>/*``
+            (e.g. ``imagenet/val``; label = position of the class folder in sorted order, so
+            ImageNet's 1000 synset folders give label ``c`` = output ``c``). Any
+            ``(image, label[, index])`` dataloader works too.
+        queries_per_class, classes: the first ``queries_per_class`` images of each class in
+            ``classes`` (default: every class), in the order of ``classes``.
+        image_size: side of the query images in pixels (short side resized, centre crop,
+            for a folder); ``None``: 32 for the digits, the pipeline's image size for a
+            folder. Generated images are resized to it.
         batch_size: queries per predict step.
         cutoffs: the spectral-sweep cutoffs (App. .4.2).
         output_dir: rank zero writes ``invariant_sets.safetensors``, ``metrics.json`` and one
@@ -119,7 +131,7 @@ class InvariantSetSampler(L.LightningModule):
 
     def __init__(
         self,
-        pipeline: str | nn.Module = "bundled",
+        pipeline: str | PipelineFiles | nn.Module = "bundled",
         classifier: str | nn.Module = "bundled:digits",
         checkpoint_path: str | None = None,
         mean: list[float] | None = None,
@@ -136,6 +148,7 @@ class InvariantSetSampler(L.LightningModule):
         queries: str = "digits",
         queries_per_class: int = 1,
         classes: list[int] | None = None,
+        image_size: int | None = None,
         batch_size: int = 4,
         cutoffs: list[float] | None = None,
         output_dir: str | None = None,
@@ -147,16 +160,27 @@ class InvariantSetSampler(L.LightningModule):
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; valid: {list(OBJECTIVES)}")
         given = check_mean_std(mean, std)
-        if queries not in ("digits",):
-            raise ValueError(f"queries must be 'digits' (or use your own dataloader), "
-                             f"got {queries!r}")
-        if samples_per_query < 1 or batch_size < 1:
-            raise ValueError(f"samples_per_query and batch_size must be >= 1, got "
-                             f"{samples_per_query}, {batch_size}")
+        if queries != "digits" and not Path(queries).is_dir():
+            raise ValueError(f"queries must be 'digits' or the root of an ImageFolder (a folder "
+                             f"of class folders <root>/<class>/*), got {queries!r}, which is "
+                             f"not a folder (or use your own dataloader)")
+        if samples_per_query < 1 or batch_size < 1 or queries_per_class < 1:
+            raise ValueError(f"samples_per_query, batch_size and queries_per_class must be "
+                             f">= 1, got {samples_per_query}, {batch_size}, {queries_per_class}")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be a positive number of pixels or null, "
+                             f"got {image_size}")
+        from lightning_fv.data.folders import check_class_indices
         from lightning_fv.diffusion.pipeline import load_pipeline
         from lightning_fv.models import build_model
 
-        self.pipeline = pipeline if isinstance(pipeline, nn.Module) else load_pipeline(pipeline)
+        classes = check_class_indices(classes)
+        if isinstance(pipeline, nn.Module):
+            self.pipeline = pipeline
+        elif isinstance(pipeline, PipelineFiles):
+            self.pipeline = pipeline.load()
+        else:
+            self.pipeline = load_pipeline(pipeline)
         self.net = classifier if isinstance(classifier, nn.Module) else build_model(
             classifier, checkpoint_path=checkpoint_path)
         self.pipeline.eval().requires_grad_(False)
@@ -179,6 +203,7 @@ class InvariantSetSampler(L.LightningModule):
         self.conditional = conditional
         self.seed = seed
         self.queries, self.queries_per_class, self.classes = queries, queries_per_class, classes
+        self.image_size = image_size
         self.batch_size = batch_size
         self.cutoffs = tuple(cutoffs or DEFAULT_CUTOFFS)
         self.output_dir = output_dir
@@ -192,11 +217,22 @@ class InvariantSetSampler(L.LightningModule):
         self._bar: Any = None
         self._handlers: dict[int, Any] = {}
 
-    def predict_dataloader(self) -> DataLoader:
-        from lightning_fv.data import digits
+    def query_images(self) -> tuple[Tensor, Tensor]:
+        """The built-in query images ``(Q, 3, S, S)`` in [0, 1] and labels ``(Q,)`` (see
+        ``queries``, ``queries_per_class``, ``classes``, ``image_size``)."""
+        if self.queries == "digits":
+            from lightning_fv.data import digits
 
-        x, y = digits("val")
-        x, y = select_queries(x, y, self.queries_per_class, self.classes)
+            x, y = digits("val", self.image_size or 32)
+        else:
+            from lightning_fv.data.folders import folder_images
+
+            size = self.image_size or self.pipeline.image_size
+            x, y = folder_images(self.queries, size, self.classes, self.queries_per_class)
+        return select_queries(x, y, self.queries_per_class, self.classes)
+
+    def predict_dataloader(self) -> DataLoader:
+        x, y = self.query_images()
         return DataLoader(QueryDataset(x, y), batch_size=self.batch_size, shuffle=False)
 
     def forward(self, query: Tensor, labels: Tensor | None = None,

@@ -124,6 +124,7 @@ def test_paper_detector_config_trains_on_trajectories_with_c1_settings(tmp_path:
     # C.1: every ImageNet training image; the released googlenet weights' normalization
     assert data["n_natural_per_class"] is None and data["natural"].endswith("imagenet")
     assert (data["mean"], data["std"]) == ([0.5] * 3, [0.5] * 3)
+    assert data["preset"] == "lucid"  # C.1: Olah et al. (2017)'s renderer, ReLU redirection
     torch.manual_seed(0)
     ckpt = tmp_path / "googlenet.pth"
     torch.save(build_model("torchvision:googlenet", init_weights=False).state_dict(), ckpt)
@@ -195,7 +196,16 @@ def test_paper_silent_config_sets_the_bias_on_normalized_imagefolder_images_of_t
     main(["manipulate", "--config", str(CONFIGS / "paper_silent_resnet50.yaml"),
           "--checkpoint_path", str(ckpt), "--natural", str(folder),
           "--n_natural_per_class", "2", "--image_size", "32", "--pattern_steps", "2",
-          "--output", str(out)])
+          "--output", str(out), "--eval_data", str(folder), "--eval_image_size", "32",
+          "--device", "cpu"])
+    # §2.2's evaluation: top-1/top-5 of both models on val/ (the images that set the bias,
+    # so every output is bit-identical and the accuracies equal)
+    assert (cfg["eval_split"], cfg["eval_per_class"], cfg["eval_image_size"]) == ("val", None,
+                                                                                  224)
+    ev = json.loads(out.with_suffix(".eval.json").read_text())
+    assert ev["n"] == 6 and ev["identical_fraction"] == 1.0
+    assert ev["original/top1"] == ev["manipulated/top1"]
+    assert ev["original/top5"] == ev["manipulated/top5"]
     # the checkpoint saved is the one used: every weight outside the manipulated conv/BN
     saved = load_state_dict(out, prefixes=())
     for key, value in state.items():
@@ -235,8 +245,18 @@ def test_paper_fooling_config_permutes_the_checkpoints_last_layer_by_100(tmp_pat
     state = _resnet50_checkpoint(ckpt)
     out = tmp_path / "permuted.safetensors"
     torch.manual_seed(1)
+    folder = tmp_path / "imagenet"
+    for c in range(2):
+        for i, img in enumerate(_images(2, 40, seed=c)):
+            _save_png(img, folder / "val" / f"class_{c}" / f"{i}.png")
     main(["manipulate", "--config", str(CONFIGS / "paper_fooling_resnet50.yaml"),
-          "--checkpoint_path", str(ckpt), "--detector_path", str(det), "--output", str(out)])
+          "--checkpoint_path", str(ckpt), "--detector_path", str(det), "--output", str(out),
+          "--eval_data", str(folder), "--eval_image_size", "32", "--device", "cpu"])
+    # §2.1's accuracy change: both models on the 4 val/ images, labels = folder index
+    ev = json.loads(out.with_suffix(".eval.json").read_text())
+    assert cfg["eval_split"] == "val" and ev["n"] == 4
+    assert ev["delta_pp/top1"] == pytest.approx(
+        100 * (ev["manipulated/top1"] - ev["original/top1"]))
     saved = load_state_dict(out, prefixes=())
     assert torch.equal(saved["fc.layer.weight"], state["fc.weight"])
     assert torch.equal(saved["conv1.weight"], state["conv1.weight"])
@@ -262,17 +282,18 @@ def test_render_comparison_renders_the_checkpoint_on_normalized_input(tmp_path: 
     _resnet50_checkpoint(ckpt)
     out = tmp_path / "permuted.safetensors"
     main(["manipulate", "--config", str(CONFIGS / "paper_fooling_resnet50.yaml"),
-          "--checkpoint_path", str(ckpt), "--detector_path", str(det), "--output", str(out)])
+          "--checkpoint_path", str(ckpt), "--detector_path", str(det), "--output", str(out),
+          "--eval_data", "null"])
     png = tmp_path / "grid.png"
     torch.manual_seed(1)
+    # mean/std come from the manipulated file (the config's), the renderer is the paper's
     main(["render-comparison", "--manipulated_path", str(out), "--checkpoint_path", str(ckpt),
-          "--mean", json.dumps(cfg["mean"]), "--std", json.dumps(cfg["std"]),
           "--units", '["fc:0"]', "--steps", "1", "--image_size", "32", "--device", "cpu",
           "--progress", "false", "--output", str(png)])
     values = json.loads(png.with_suffix(".json").read_text())
     base = build_model("torchvision:resnet50", checkpoint_path=str(ckpt)).eval()
     ref = render_units(base, ["fc:0"], thresholds=(1,), image_size=32, seed=0,
-                       normalize=(cfg["mean"], cfg["std"]))
+                       normalize=(cfg["mean"], cfg["std"]), preset="lucent")
     assert values["values_before"] == ref.values[1].tolist()
 
 
@@ -353,31 +374,49 @@ def test_paper_robust_config_takes_one_l2_pgd_step_on_an_imagefolder(tmp_path: P
 
 def test_paper_invariant_config_runs_algorithm_1_with_the_thesis_settings(tmp_path: Path
                                                                          ) -> None:
+    """The config's separate release files (LightningDiT-XL/1, VA-VAE, latent statistics) and
+    ImageFolder queries, with tiny random files in the release's formats."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "invariant"))
-    from _invariant_helpers import make_pipeline
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "diffusion"))
+    from test_invariant_dit_files import (
+        MODEL_ARGS,
+        VAE_ARGS,
+        write_query_folder,
+        write_release_files,
+    )
 
     from lightning_fv.diffusion.invariant import InvariantConfig
-    from lightning_fv.diffusion.pipeline import save_pipeline
+    from lightning_fv.diffusion.pipeline import release_sampler
 
     cfg = _config("paper_invariant_dit_xl.yaml")
-    alg = cfg["model"]["init_args"]["algorithm"]
+    init = cfg["model"]["init_args"]
+    alg = init["algorithm"]
     thesis = InvariantConfig.preset("thesis")
-    for key in ("budget", "tau", "lr", "step_size", "optimizer"):
+    for key in ("budget", "tau", "lr", "step_size", "optimizer", "num_steps", "checkpoint"):
         assert alg[key] == getattr(thesis, key), key
-    pipe = tmp_path / "pipe.safetensors"
-    save_pipeline(make_pipeline(size=8, factor=4, num_steps=2), pipe)  # 32 px images
+    pipe = init["pipeline"]
+    assert (pipe["model"], pipe["weights"], pipe["latent_multiplier"]) == (
+        "LightningDiT-XL/1", "ema", 1.0)
+    assert pipe["sampler"] == release_sampler().as_kwargs()
+    assert (init["conditional"], init["samples_per_query"]) == (False, 32)  # App. .1.1, §4.2.2
+    files = write_release_files(tmp_path / "release")
+    folder = write_query_folder(tmp_path / "val", n_classes=2, per_class=1)
     torch.manual_seed(0)
     ckpt = tmp_path / "resnet50.pth"
     torch.save(build_model("torchvision:resnet50").state_dict(), ckpt)
     out = tmp_path / "inv"
+    p = "--model.init_args.pipeline."
     run_lightning_cli([
         "predict", "--config", str(CONFIGS / "paper_invariant_dit_xl.yaml"),
-        "--model.init_args.pipeline", str(pipe),
+        p + "dit", str(files["dit"]), p + "vae", str(files["vae"]),
+        p + "latent_stats", str(files["latent_stats"]), p + "model_args", json.dumps(MODEL_ARGS),
+        p + "vae_args", json.dumps(VAE_ARGS), p + "sampler.num_steps", "2",
         "--model.init_args.checkpoint_path", str(ckpt),
+        "--model.init_args.queries", str(folder), "--model.init_args.classes", "[0]",
+        "--model.init_args.image_size", "32",
         "--model.init_args.algorithm.budget", "2", "--model.init_args.samples_per_query", "1",
-        "--model.init_args.classes", "[0]", "--model.init_args.progress", "false",
+        "--model.init_args.progress", "false",
         "--model.init_args.output_dir", str(out), "--trainer.accelerator", "cpu"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert {k: metrics["settings"][k] for k in ("tau", "lr", "step_size", "optimizer")} == {
