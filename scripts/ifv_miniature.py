@@ -35,6 +35,7 @@ from lightning_fv.ifv import (
     run_ifv,
 )
 from lightning_fv.models import bundled_model
+from lightning_fv.optvis.render import preset_settings
 from lightning_fv.utils.images import save_grid
 
 
@@ -59,6 +60,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0,
                     help="seeds the targets, random objectives and realizations")
+    ap.add_argument("--preset", default="lucent",
+                    help="renderer of the realizations and re-optimizations: 'lucent' is §3.2's "
+                         "plain Adam (no ReLU warm-up); 'lucid' adds 16 redirected-ReLU steps")
     ap.add_argument("--runs", default="ABC", help="which runs to (re)do; others are kept "
                     "from an existing ifv_results.json")
     args = ap.parse_args()
@@ -67,7 +71,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = bundled_model("photo_patches").eval()
     common = dict(n_canonical=args.n_canonical, steps=args.steps, lbfgs_steps=args.lbfgs_steps,
-                  image_size=args.image_size)
+                  image_size=args.image_size,
+                  redirect_relu_steps=preset_settings(args.preset)["redirect_relu_steps"])
     old = out / "ifv_results.json"
     results: dict[str, dict] = json.loads(old.read_text()) if old.is_file() else {}
     import matplotlib.pyplot as plt
@@ -81,7 +86,7 @@ def main() -> None:
         res = run_ifv(model, layer, args.n_targets, k=k, reopt_steps=reopt, seed=args.seed,
                       **common)
         entry: dict[str, object] = {
-            "layer": layer, "k": k, "n": int(res.targets.shape[0]),
+            "layer": layer, "k": k, "n": int(res.targets.shape[0]), "preset": args.preset,
             "angles": {kind: stats(res.angles[kind]) for kind in ("predicted", "response",
                                                                    "random")},
             "alpha_1_to_5": [round(float(a), 4) for a in res.alpha[:5]],

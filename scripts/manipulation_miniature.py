@@ -48,6 +48,9 @@ from lightning_fv.modules.detector import VisualizationDetector, save_detector
 from lightning_fv.optvis.render import render_units
 from lightning_fv.utils import save_grid
 
+#: pixel standard deviation below which a render has not left its near-grey start image
+STUCK_STD = 0.01
+
 
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -81,6 +84,10 @@ def main() -> None:
                     help="comma-separated: photo (detector, fooling, embedded), silent, digits")
     ap.add_argument("--digits-steps", type=int, default=256,
                     help="steps of the digits detector trajectories and logit renders")
+    ap.add_argument("--preset", default="lucent",
+                    help="renderer of the compared visualizations (§2, App. C.2: the paper's "
+                         "Lucent 0.1.8, no ReLU redirection); the detector's trajectories keep "
+                         "C.1's Olah et al. (2017) renderer, 'lucid'")
     ap.add_argument("--out", default="outputs/manipulation")
     ap.add_argument("--figures", default="docs/figures")
     ap.add_argument("--cache", default="outputs/cache/trajectories")
@@ -89,9 +96,10 @@ def main() -> None:
     t0 = time.time()
     out, figs = Path(args.out), Path(args.figures)
     out.mkdir(parents=True, exist_ok=True)
-    res: dict[str, object] = {"steps": args.steps, "image_size": args.size}
+    res: dict[str, object] = {"steps": args.steps, "image_size": args.size,
+                              "preset": args.preset, "detector_trajectory_preset": "lucid"}
     size, steps = args.size, args.steps
-    render_kw = dict(thresholds=(steps,), image_size=size, batch_size=32)
+    render_kw = dict(thresholds=(steps,), image_size=size, batch_size=32, preset=args.preset)
 
     model = bundled_model("photo_patches").eval()
     xv, yv = photo_patches("val", 30, size)
@@ -210,11 +218,17 @@ def main() -> None:
         layer, n_units, sil_steps = "block4", 12, args.silent_steps
         sil_kw = {**render_kw, "thresholds": (sil_steps,)}
         xn, _ = photo_patches("train", 100, size)
-        target = render_units(model, [f"{layer}:0"], thresholds=(512,), image_size=size).final
+        # the notebook's lucent fork renders the target with a 16-step ReLU warm-up: "lucid"
+        target = render_units(model, [f"{layer}:0"], thresholds=(512,), image_size=size,
+                              preset="lucid").final
         pattern = pattern_from_image(model, f"{layer}.conv", target[0])
         sil_units = [f"{layer}:{i}" for i in range(1, n_units + 1)]
         sil_before = render_units(model, sil_units, **sil_kw).final
-        ceiling = render_units(model, [f"{layer}:1"] * n_units, seed=list(range(n_units)),
+        # without a ReLU warm-up ("lucent") a unit closed everywhere on the near-grey start
+        # never moves (pixel std stays ≈ the start's); such a unit cannot be the ceiling
+        moved = sil_before.flatten(1).std(1) > STUCK_STD
+        ceil_unit = sil_units[int(moved.nonzero()[0])] if bool(moved.any()) else sil_units[0]
+        ceiling = render_units(model, [ceil_unit] * n_units, seed=list(range(n_units)),
                                **sil_kw).final
         silent = silence_block(model, layer, xn, pattern=pattern, alpha=100.0,
                                beta=100.0 * args.silent_lambda)
@@ -229,8 +243,15 @@ def main() -> None:
                (("before", sil_before), ("after", sil_after), ("same_unit_12_seeds", ceiling))}
         tex["after_switched_on_units"] = (float(texture_similarity(model, sil_after[on], xn))
                                           if int(on.sum()) >= 2 else float("nan"))
+        tex["before_moved_units"] = (float(texture_similarity(model, sil_before[moved], xn))
+                                     if int(moved.sum()) >= 2 else float("nan"))
+        moved_after = sil_after.flatten(1).std(1) > STUCK_STD
         silent_res: dict[str, object] = {
             "layer": layer, "units": sil_units, "steps": sil_steps, "lambda": args.silent_lambda,
+            "preset": args.preset, "ceiling_unit": ceil_unit,
+            "stuck_at_start_before": [u for u, m in zip(sil_units, moved.tolist()) if not m],
+            "stuck_at_start_after": [u for u, m in zip(sil_units, moved_after.tolist())
+                                     if not m],
             "alpha": 100.0, "switched_on": int(on.sum()),
             "texture_similarity": tex,
             "pixel_similarity": {"before": float(pairwise_similarity(sil_before)),
@@ -278,7 +299,7 @@ def main() -> None:
         }
         dperm = shifted_permutation(10, 3)
         dfooled = permute_layer(dmodel, "fc", ddet, permutation=dperm, k=1e4, mode="split")
-        dkw = dict(thresholds=(dsteps,), image_size=dsize, batch_size=32)
+        dkw = dict(thresholds=(dsteps,), image_size=dsize, batch_size=32, preset=args.preset)
         dfc = [f"fc:{i}" for i in range(10)]
         dbefore = render_units(dmodel, dfc, **dkw).final
         dafter = render_units(dfooled, dfc, **dkw).final

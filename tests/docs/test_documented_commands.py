@@ -121,6 +121,7 @@ COVERAGE: dict[str, list[str] | str] = {
                          "--progress", "false"],
     "python scripts/ifv_miniature.py": TINY_IFV_MINI,
     "python scripts/ifv_miniature.py --runs A": TINY_IFV_MINI,
+    "python scripts/ifv_miniature.py --threads 1": TINY_IFV_MINI,
     # docs/invariant.md
     "lightning-fv predict --config examples/configs/invariant_digits.yaml":
         ["--model.init_args.samples_per_query", "1", "--model.init_args.algorithm.budget", "1",
