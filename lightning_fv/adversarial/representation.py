@@ -17,7 +17,7 @@ rescale them (:meth:`lightning_fv.adversarial.PGDConfig.scaled`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -138,11 +138,14 @@ def invert_scheduled(
     eps: float = 1000.0,
     norm: Norm = "l2",
     classifier: str | None = None,
+    progress: Callable[[int, float], None] | None = None,
 ) -> tuple[Tensor, list[float]]:
     """Eq. 5 (:func:`invert`) with a geometrically decaying step: ``chunks`` runs of about
     ``steps / chunks`` steps, the step size going from ``step_size`` to
     ``step_size · decay``, each run continuing from the last (the ε ball around each run's
     start is never reached at ε = 1000).
+
+    ``progress(steps_done, relative_distance)`` is called after each run, if given.
 
     Returns the images ``(B, C, H, W)`` and the mean relative representation distance
     ``‖R(x) − R(x_targ)‖ / ‖R(x_targ)‖`` before the first run and after each run.
@@ -164,6 +167,8 @@ def invert_scheduled(
         x = invert(model, r_t, x0=x, eps=eps, steps=k, step_size=step, norm=norm,
                    classifier=classifier)
         trace.append(relative(x))
+        if progress is not None:
+            progress(sum(per[: i + 1]), trace[-1])
     return x, trace
 
 
@@ -263,6 +268,108 @@ def maximize_coordinate(
         return maximize_in_ball(fn, x0, eps, step_size, steps, norm)
 
 
+def coordinate_visualizations(
+    model: nn.Module,
+    seeds: Tensor,
+    indices: Sequence[int] | Tensor,
+    eps: float = 1000.0,
+    steps: int = 200,
+    step_size: float = 1.0,
+    norm: Norm = "l2",
+    classifier: str | None = None,
+) -> Tensor:
+    """Eq. 4 (§4.1, App. A.4) for every pair of a seed and a coordinate: for each seed
+    ``x0_s`` and coordinate ``i_k``, ``x_{s,k} = x0_s + argmax_{‖δ‖ ≤ ε} R(x0_s + δ)_{i_k}``
+    (the grid of the paper's Fig. 3 and Fig. 10–12: rows = seeds, columns = coordinates).
+
+    One batched call of :func:`maximize_coordinate` (defaults: App. A.4's ε = 1000,
+    200 steps of 1 at 224 px; rescale them for smaller images, e.g. with
+    ``lightning_fv.adversarial.preset("paper_feature_vis", (C, H, W))``).
+
+    Args:
+        seeds: ``(S, C, H, W)`` starting points ``x0`` (grey, noise, data images).
+        indices: ``K`` representation coordinates ``(K,)``.
+
+    Returns:
+        ``(S, K, C, H, W)`` images; ``[s, k]`` maximizes coordinate ``indices[k]`` from
+        ``seeds[s]``.
+    """
+    idx = torch.as_tensor(indices, dtype=torch.long, device=seeds.device).flatten()
+    s, k = seeds.shape[0], idx.numel()
+    x0 = seeds.repeat_interleave(k, dim=0)  # seed-major: (s0,i0), (s0,i1), ...
+    out = maximize_coordinate(model, x0, idx.repeat(s), eps, steps, step_size, norm,
+                              classifier)
+    return out.view(s, k, *seeds.shape[1:])
+
+
+def feature_consistency(deltas: Tensor, eps: float = 1e-12) -> tuple[float, float]:
+    """Does maximizing a coordinate add the same pattern from every starting point?
+    (§4.1: robust coordinates "consistently represent the same concepts across different
+    starting inputs ``x0``".)
+
+    With ``δ_{s,k} = x_{s,k} − x0_s`` the change that Eq. 4 made to seed ``s`` for
+    coordinate ``k`` (from :func:`coordinate_visualizations`), and ``ρ`` the Pearson
+    correlation of two flattened changes, returns
+
+    - ``same``: the mean of ``ρ(δ_{s,k}, δ_{s',k})`` over coordinates ``k`` and ordered seed
+      pairs ``s ≠ s'`` (one coordinate, two starting points);
+    - ``different``: the mean of ``ρ(δ_{s,k}, δ_{s',k'})`` over ``k ≠ k'`` and ``s ≠ s'``
+      (the baseline: changes made from the same pair of seeds, for other coordinates).
+
+    ``same − different`` > 0 means a coordinate adds a pattern of its own, beyond what any
+    maximization adds from those seeds. A change with zero variance (e.g. a coordinate
+    whose gradient is 0 at a grey seed, so the seed is not moved) has no correlation: pairs
+    containing one are left out of both means (``nan`` if no pair is left).
+
+    Args:
+        deltas: ``(S, K, ...)`` changes, ``S ≥ 2`` seeds and ``K ≥ 2`` coordinates.
+
+    Returns:
+        ``(same, different)``.
+    """
+    if deltas.dim() < 3 or deltas.shape[0] < 2 or deltas.shape[1] < 2:
+        raise ValueError("deltas must be (S, K, ...) with S >= 2 seeds and K >= 2 "
+                         f"coordinates, got {tuple(deltas.shape)}")
+    s, k = deltas.shape[:2]
+    z = deltas.detach().double().flatten(2)
+    z = z - z.mean(dim=2, keepdim=True)
+    norm = z.norm(dim=2, keepdim=True)
+    z = z / norm.clamp_min(eps)
+    ok = norm[..., 0] > eps  # (S, K)
+    corr = torch.einsum("akd,bld->abkl", z, z)  # (S, S, K, K): ρ(δ_{a,k}, δ_{b,l})
+    valid = ok[:, None, :, None] & ok[None, :, None, :]
+    pairs = ~torch.eye(s, dtype=torch.bool, device=z.device)
+    diag = torch.eye(k, dtype=torch.bool, device=z.device)
+    c, v = corr[pairs], valid[pairs]  # (S·(S−1), K, K)
+
+    def mean(m: Tensor) -> float:
+        sel = c[m & v]
+        return float(sel.mean()) if sel.numel() else float("nan")
+
+    return mean(diag.expand_as(c)), mean(~diag.expand_as(c))
+
+
+@torch.no_grad()
+def recognition_rate(
+    classifier: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 256
+) -> float:
+    """Fraction of ``images`` ``(N, C, H, W)`` that ``classifier`` (images → logits)
+    assigns to ``labels`` ``(N,)``: whether a model that took no part in making the images
+    recognises them as the intended class (used to judge Eq. 5 inversions, §4.2, whose
+    recognisability the paper shows in Fig. 5–6). Evaluated in eval mode (state restored).
+    """
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images for {labels.shape[0]} labels")
+    if images.shape[0] == 0:
+        raise ValueError("no images")
+    hits = 0
+    with preserved_state(classifier):
+        for i in range(0, images.shape[0], batch_size):
+            pred = classifier(images[i:i + batch_size]).argmax(1)
+            hits += int((pred == labels[i:i + batch_size].to(pred.device)).sum())
+    return hits / images.shape[0]
+
+
 def add_feature(
     model: nn.Module,
     x: Tensor,
@@ -329,11 +436,14 @@ __all__ = [
     "accentuate",
     "add_feature",
     "classifier_weight",
+    "coordinate_visualizations",
+    "feature_consistency",
     "final_linear",
     "interpolate",
     "invert",
     "maximize_coordinate",
     "noise_seed",
+    "recognition_rate",
     "representation",
     "representation_and_logits",
     "top_features",
