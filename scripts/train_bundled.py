@@ -3,6 +3,8 @@
     python scripts/train_bundled.py --dataset photo_patches              # ~5 min, 2 CPU cores
     python scripts/train_bundled.py --dataset digits
     python scripts/train_bundled.py --dataset photo_patches --arch vit   # ~8 min, 1-2 cores
+    python scripts/train_bundled.py --dataset photo_patches --widths 64 128 192 256 \
+        --out-dir outputs/wide_cnn                                       # a wider SmallCNN
 
 ``--arch cnn`` (default) trains :class:`lightning_fv.models.SmallCNN` with
 :class:`ImageClassifier` (SGD, cosine schedule, seed 0) and writes
@@ -11,6 +13,11 @@
 with AdamW, a warm-up + cosine schedule, label smoothing 0.1 and random flips/shifts, and
 writes ``vit_photo_patches.safetensors``. Both store the config, the validation accuracy and
 the training time in the metadata.
+
+``--widths`` trains a SmallCNN with other block widths (same data, schedule and seed); its
+file is named ``small_cnn_<dataset>_w<widths>.safetensors`` (e.g. ``…_w64-128-192-256``) and
+is never installed over the bundled one. ``--out-dir`` writes into the given folder instead
+of a fresh ``outputs/train_bundled/version_N``.
 """
 
 from __future__ import annotations
@@ -36,14 +43,20 @@ from lightning_fv.utils.checkpoint import save_tensors
 from lightning_fv.utils.files import next_version_dir
 
 
-def train_cnn(dataset: str, epochs: int | None, out_dir: Path) -> None:
-    """The bundled SmallCNN of ``dataset`` (``"photo_patches"`` or ``"digits"``)."""
+def train_cnn(dataset: str, epochs: int | None, out_dir: Path,
+              widths: tuple[int, ...] | None = None) -> None:
+    """The bundled SmallCNN of ``dataset`` (``"photo_patches"`` or ``"digits"``); with
+    ``widths`` a SmallCNN of those block widths, trained the same way."""
     if dataset == "photo_patches":
         dm = PhotoPatchesDataModule(batch_size=64, n_train_per_class=400, n_val_per_class=80)
-        widths, size, epochs = (32, 64, 96, 128), 64, epochs or 14
+        default, size, epochs = (32, 64, 96, 128), 64, epochs or 14
     else:
         dm = DigitsDataModule(batch_size=64)
-        widths, size, epochs = (16, 32, 48, 64), 32, epochs or 10
+        default, size, epochs = (16, 32, 48, 64), 32, epochs or 10
+    name = BUNDLED[dataset]
+    if widths is not None and tuple(widths) != default:
+        name += "_w" + "-".join(str(w) for w in widths)
+    widths = tuple(widths or default)
     net = SmallCNN(num_classes=10, widths=widths)
     module = ImageClassifier(net, num_classes=10, lr=0.05, max_epochs=epochs)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False,
@@ -52,10 +65,11 @@ def train_cnn(dataset: str, epochs: int | None, out_dir: Path) -> None:
     trainer.fit(module, datamodule=dm)
     val = trainer.validate(module, datamodule=dm, verbose=False)[0]["val/acc"]
     minutes = (time.time() - t0) / 60
-    out = out_dir / f"{BUNDLED[dataset]}.safetensors"
+    out = out_dir / f"{name}.safetensors"
     save_small_cnn(net.eval(), out, extra={
         "val_acc": round(float(val), 4), "dataset": dataset, "input_size": [3, size, size],
         "classes": list(dm.classes), "epochs": epochs, "train_minutes": round(minutes, 1),
+        "threads": torch.get_num_threads(),
     })
     print(f"{dataset}: val acc {val:.4f} after {epochs} epochs ({minutes:.1f} min) -> {out}")
 
@@ -132,8 +146,24 @@ def main() -> None:
     ap.add_argument("--install", action="store_true",
                     help="write into lightning_fv/assets, replacing the bundled checkpoint "
                          "(default: a fresh outputs/train_bundled/version_N)")
+    ap.add_argument("--widths", type=int, nargs=4, default=None, metavar="W",
+                    help="block widths of the SmallCNN (--arch cnn; default: the bundled "
+                         "model's); the file name gets a _w<widths> suffix")
+    ap.add_argument("--out-dir", default=None,
+                    help="folder to write into (default: a fresh outputs/train_bundled/version_N)")
     args = ap.parse_args()
-    out_dir = ASSETS if args.install else next_version_dir("outputs/train_bundled")
+    if args.widths is not None and args.arch != "cnn":
+        ap.error("--widths applies to --arch cnn only")
+    if args.install and (args.widths is not None or args.out_dir is not None):
+        ap.error("--install writes the bundled checkpoint; it takes neither --widths nor "
+                 "--out-dir")
+    if args.install:
+        out_dir = ASSETS
+    elif args.out_dir is not None:
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        out_dir = next_version_dir("outputs/train_bundled")
     print(f"writing to {out_dir}", flush=True)
     L.seed_everything(0, workers=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -143,7 +173,8 @@ def main() -> None:
                              f"--dataset {args.dataset}")
         train_vit(args.epochs, out_dir)
     else:
-        train_cnn(args.dataset, args.epochs, out_dir)
+        train_cnn(args.dataset, args.epochs, out_dir,
+                  tuple(args.widths) if args.widths is not None else None)
 
 
 if __name__ == "__main__":

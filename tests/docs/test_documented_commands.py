@@ -50,6 +50,13 @@ TINY_DETECTOR = ["--steps", "2", "--epochs", "1", "--n_natural_per_class", "4",
                  "--progress", "false"]
 PAPER = ("not run: paper scale needs pretrained weights and an ImageNet folder; the same "
          "config runs at tiny size with random weights in tests/paper/test_paper_configs.py")
+#: §4 of docs/sanity_check.md trains a wider CNN, then checks it (ORDER keeps the two in turn)
+WIDE_TRAIN = ("python scripts/train_bundled.py --dataset photo_patches --widths 64 128 192 256 "
+              "--epochs 6 --out-dir outputs/sanity_sweep/wide_cnn")
+WIDE_CHECK = ("python scripts/sanity_check_miniature.py --per-class 3 --steps 128 --n-val 30 "
+              "--preset lucent --checks spearman,ood_shifted --save-renders --checkpoint "
+              "outputs/sanity_sweep/wide_cnn/small_cnn_photo_patches_w64-128-192-256.safetensors "
+              "--out outputs/sanity_sweep/wide_steps128_per3")
 #: a command → extra arguments that only shrink it (run in `make test`), SLOW, or a reason
 #: it is not run here (a string starting with "not run:").
 COVERAGE: dict[str, list[str] | str] = {
@@ -171,7 +178,17 @@ COVERAGE: dict[str, list[str] | str] = {
     # docs/testing.md
     "make mutation": ["ARGS=diffusion/lowpass.py"],
     "python scripts/mutation.py [module …]": "not run: a synopsis of make mutation",
-    # docs/sanity_check.md
+    # docs/sanity_check.md (§4's sweep toward the paper's settings)
+    "python scripts/sanity_check_miniature.py --per-class 3 --steps 512 --n-val 30 --preset "
+    "lucent --snapshots 32,128 --checks spearman,ood_shifted --out "
+    "outputs/sanity_sweep/steps512_per3": TINY_SANITY_MINI,
+    "python scripts/sanity_check_miniature.py --per-class 10 --steps 128 --n-val 30 --preset "
+    "lucent --checks spearman,ood_shifted --out outputs/sanity_sweep/steps128_per10":
+        TINY_SANITY_MINI,
+    "python scripts/sanity_check_miniature.py --per-class 10 --steps 512 --n-val 30 --preset "
+    "lucent --checks spearman --out outputs/sanity_sweep/steps512_per10": TINY_SANITY_MINI,
+    WIDE_TRAIN: ["--epochs", "1"],
+    WIDE_CHECK: TINY_SANITY_MINI,
     "lightning-fv fit --config examples/configs/imagefolder_resnet.yaml":
         "not run: a template whose root/classes the user adapts to their image folder",
     "lightning-fv fit|validate|test": "not run: prose naming the LightningCLI subcommands",
@@ -205,6 +222,8 @@ COVERAGE: dict[str, list[str] | str] = {
 
 #: commands that need an earlier one's output, in the order they run
 ORDER = [
+    WIDE_TRAIN,
+    WIDE_CHECK,
     "lightning-fv fit --config examples/configs/robust_photo_patches.yaml",
     "lightning-fv test --config examples/configs/robust_photo_patches.yaml "
     "--ckpt_path outputs/robust_photo_patches/checkpoints/last.ckpt",
