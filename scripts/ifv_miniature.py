@@ -48,7 +48,8 @@ def stats(a: torch.Tensor) -> dict[str, float | None]:
             "p90": float(a.quantile(0.9)), "frac_below_20": float((a < 20).double().mean())}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command-line options (their defaults are the documented run's)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-targets", type=int, default=16)
     ap.add_argument("--n-canonical", type=int, default=4)
@@ -65,7 +66,11 @@ def main() -> None:
                          "plain Adam (no ReLU warm-up); 'lucid' adds 16 redirected-ReLU steps")
     ap.add_argument("--runs", default="ABC", help="which runs to (re)do; others are kept "
                     "from an existing ifv_results.json")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

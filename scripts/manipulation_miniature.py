@@ -66,7 +66,8 @@ def detector_acc(det: torch.nn.Module, x: torch.Tensor, label: int) -> float:
     return float(((logits > 0).long() == label).float().mean())
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command-line options (their defaults are the documented run's)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=64, help="optimizer steps per visualization")
     ap.add_argument("--size", type=int, default=64)
@@ -91,7 +92,11 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/manipulation")
     ap.add_argument("--figures", default="docs/figures")
     ap.add_argument("--cache", default="outputs/cache/trajectories")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     torch.manual_seed(0)
     t0 = time.time()
     out, figs = Path(args.out), Path(args.figures)
