@@ -175,6 +175,15 @@ class TrajectoryDataModule(L.LightningDataModule):
         preset: the renderer of the trajectories (:func:`render_trajectories`): ``"lucid"``
             (default), C.1's Olah et al. (2017) settings with redirected ReLU gradients for
             16 steps; ``"lucent"``, C.2's renderer without them.
+        shard_units: ``None`` (default): all visualizations are rendered, held in memory and
+            cached as one file. A number: they are rendered ``shard_units`` units at a
+            time, each group written to its own cache file
+            (``<cache_dir>/trajectories-<key>/{train,test}-<i>.safetensors``), and read
+            lazily from those files while training. Memory then holds one group, not C.1's
+            525,000 images (≈ 160 GB at 224 px). A group already on disk is not rendered
+            again, so an interrupted run resumes. The augmented fraction is drawn per
+            group (seed ``split_seed + 1000·split + group``), so the images differ from the
+            unsharded layout's; needs ``cache_dir``.
     """
 
     def __init__(
@@ -203,8 +212,11 @@ class TrajectoryDataModule(L.LightningDataModule):
         mean: list[float] | None = None,
         std: list[float] | None = None,
         preset: str = "lucid",
+        shard_units: int | None = None,
     ) -> None:
         super().__init__()
+        if shard_units is not None and shard_units < 1:
+            raise ValueError(f"shard_units must be >= 1 or None (one file), got {shard_units}")
         check_natural(natural, n_natural_per_class)
         preset_settings(preset)  # an unknown preset fails here, naming the valid ones
         if transforms not in ("standard", "none"):
@@ -235,6 +247,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.normalize = check_mean_std(mean, std)
         self.preset = preset
+        self.shard_units = shard_units
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.cache_path: Path | None = None
@@ -276,14 +289,17 @@ class TrajectoryDataModule(L.LightningDataModule):
                                                                self.normalize]}),
             # the default renderer keeps the keys of caches written before it was an option
             **({} if self.preset == "lucid" else {"preset": self.preset}),
+            **({} if self.shard_units is None else {"shard_units": self.shard_units}),
         }
 
     @staticmethod
     def cache_key(settings: dict[str, object]) -> str:
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
-    def visualizations(self) -> tuple[Tensor, Tensor, list[str], list[str]]:
-        """``(train_vis, test_vis, train_units, test_units)``, rendered or from the cache."""
+    def visualizations(self) -> tuple[Tensor | Dataset, Tensor | Dataset, list[str], list[str]]:
+        """``(train_vis, test_vis, train_units, test_units)``, rendered or from the cache:
+        ``(N, 3, H, W)`` tensors, or with ``shard_units`` lazy data sets of ``(3, H, W)``
+        images (:class:`ShardedImages`)."""
         model = self.build_model()
         dev = resolve_device(self.device)
         model = model.to(dev).eval()
@@ -293,6 +309,9 @@ class TrajectoryDataModule(L.LightningDataModule):
         train_units, test_units = split_units(units, self.test_fraction, self.split_seed)
         settings = self.settings(model, units)
         key = self.cache_key(settings)
+        if self.shard_units is not None:
+            return (*self.sharded_visualizations(model, train_units, test_units, key, settings),
+                    train_units, test_units)
         path = Path(self.cache_dir) / f"trajectories-{key}.safetensors" if self.cache_dir else None
         self.cache_path = path
         if path is not None and path.is_file():
@@ -317,6 +336,45 @@ class TrajectoryDataModule(L.LightningDataModule):
             log.info("cached visualization trajectories in %s", path)
             # the cache holds float16: use the same precision now as after a reload
         return parts[0].half().float(), parts[1].half().float(), train_units, test_units
+
+    def sharded_visualizations(self, model: nn.Module, train_units: Sequence[str],
+                               test_units: Sequence[str], key: str,
+                               settings: dict[str, object]) -> tuple[Dataset, Dataset]:
+        """Render ``shard_units`` units at a time into their own cache files (groups already
+        on disk are kept) and return the two splits as lazy data sets over those files."""
+        if not self.cache_dir:
+            raise ValueError("shard_units needs a cache_dir: the groups are read from disk")
+        folder = Path(self.cache_dir) / f"trajectories-{key}"
+        self.cache_path = folder
+        size = int(self.shard_units)  # type: ignore[arg-type]
+        out: list[Dataset] = []
+        rendered = 0
+        for k, (name, us) in enumerate((("train", train_units), ("test", test_units))):
+            paths = []
+            for g, start in enumerate(range(0, len(us), size)):
+                path = folder / f"{name}-{g:05d}.safetensors"
+                if not path.is_file():
+                    v = render_trajectories(model, us[start:start + size],
+                                            self.trajectories_per_unit, self.steps,
+                                            self.n_log_steps, self.image_size,
+                                            None if self.transforms == "none" else "standard",
+                                            self.render_batch_size, seed=0, progress=True,
+                                            normalize=self.normalize, preset=self.preset)
+                    v = augment_like_rendering(v, self.augment_fraction,
+                                               self.split_seed + 1000 * k + g)
+                    # written under a temporary name first: a killed run leaves no half file
+                    tmp = path.with_suffix(".partial")
+                    save_tensors({"images": v.half()}, tmp,
+                                 metadata={"settings": json.dumps(settings),
+                                           "units": json.dumps(list(us[start:start + size]))})
+                    tmp.replace(path)
+                    rendered += 1
+                paths.append(path)
+            out.append(ShardedImages(paths))
+        self.loaded_from_cache = rendered == 0
+        log.info("visualization trajectories in %s (%d group file(s) rendered now)", folder,
+                 rendered)
+        return out[0], out[1]
 
     # -- LightningDataModule -----------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -356,12 +414,65 @@ class _Relabelled(Dataset):
         return self.dataset[i][0].float(), torch.tensor(self.label, dtype=torch.long)
 
 
-def _labelled(natural: Tensor | Dataset, vis: Tensor) -> Dataset:
+class ShardedImages(Dataset):
+    """The images ``(3, H, W)`` (float32) of several safetensors files, each holding an
+    ``"images"`` tensor ``(N_i, 3, H, W)``, as one data set of length ``Σ N_i``, read
+    lazily: only the headers are read up front; each item is one slice of a memory-mapped
+    file (the files are opened again in every worker process)."""
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        from safetensors import safe_open
+
+        self.paths = [str(p) for p in paths]
+        sizes = []
+        for path in self.paths:
+            with safe_open(path, framework="pt") as f:
+                sizes.append(int(f.get_slice("images").get_shape()[0]))
+        self.offsets = torch.tensor([0, *sizes]).cumsum(0)
+        self._open: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> Tensor:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        i = i % len(self)
+        shard = int(torch.searchsorted(self.offsets, torch.tensor(i), right=True)) - 1
+        if shard not in self._open:
+            from safetensors import safe_open
+
+            self._open[shard] = safe_open(self.paths[shard], framework="pt")
+        handle = self._open[shard]
+        j = i - int(self.offsets[shard])
+        return handle.get_slice("images")[j:j + 1][0].float()  # type: ignore[attr-defined]
+
+    def __getstate__(self) -> dict[str, object]:  # open handles do not cross processes
+        return {**self.__dict__, "_open": {}}
+
+
+class _Labelled(Dataset):
+    """``(image, label)`` for every image of an image-only data set."""
+
+    def __init__(self, images: Dataset, label: int) -> None:
+        self.images, self.label = images, label
+
+    def __len__(self) -> int:
+        return len(self.images)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i], torch.tensor(self.label, dtype=torch.long)
+
+
+def _labelled(natural: Tensor | Dataset, vis: Tensor | Dataset) -> Dataset:
     """Natural images (label 1) then visualizations (label 0): one ``TensorDataset`` when
     both are tensors, else the lazy natural set followed by the visualizations."""
-    vis_set = TensorDataset(vis.float(), torch.zeros(vis.shape[0], dtype=torch.long))
-    if not isinstance(natural, Tensor):
-        return ConcatDataset([_Relabelled(natural), vis_set])
+    vis_set = (TensorDataset(vis.float(), torch.zeros(vis.shape[0], dtype=torch.long))
+               if isinstance(vis, Tensor) else _Labelled(vis, 0))
+    if not isinstance(natural, Tensor) or not isinstance(vis, Tensor):
+        nat_set = (_Relabelled(natural) if not isinstance(natural, Tensor) else
+                   TensorDataset(natural.float(), torch.ones(natural.shape[0], dtype=torch.long)))
+        return ConcatDataset([nat_set, vis_set])
     x = torch.cat([natural.float(), vis.float()])
     y = torch.cat([torch.ones(natural.shape[0], dtype=torch.long),
                    torch.zeros(vis.shape[0], dtype=torch.long)])
@@ -369,6 +480,7 @@ def _labelled(natural: Tensor | Dataset, vis: Tensor) -> Dataset:
 
 
 __all__ = [
+    "ShardedImages",
     "TrajectoryDataModule",
     "augment_like_rendering",
     "layer_units",

@@ -141,7 +141,7 @@ def test_paper_detector_config_trains_on_trajectories_with_c1_settings(tmp_path:
         "--data.init_args.trajectories_per_unit", "1", "--data.init_args.steps", "4",
         "--data.init_args.n_log_steps", "2", "--data.init_args.test_fraction", "0.25",
         "--data.init_args.device", "cpu",
-        "--data.init_args.cache_dir", "null", "--data.init_args.batch_size", "8",
+        "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.batch_size", "8",
         "--model.init_args.image_size", "32", "--model.init_args.max_epochs", "1",
         "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
         "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"])
@@ -149,6 +149,11 @@ def test_paper_detector_config_trains_on_trajectories_with_c1_settings(tmp_path:
     assert len(dm.train_units) == 3 and len(dm.test_units) == 1
     assert set(dm.train_units).isdisjoint(dm.test_units)
     assert len(dm.vis_test) == 1 * 1 * 2  # held-out units × trajectories × log-spaced steps
+    # C.1's 525,000 renders do not fit in memory: one cache file per 10 units, read lazily
+    assert cfg["data"]["init_args"]["shard_units"] == 10
+    assert sorted(p.name for p in dm.cache_path.iterdir()) == ["test-00000.safetensors",
+                                                                "train-00000.safetensors"]
+    vis_test = torch.stack([dm.vis_test[i] for i in range(len(dm.vis_test))])
     # natural images: every file of the folder's train (val) split, label 1, [0, 1] pixels
     assert (len(dm.natural_train), len(dm.natural_test)) == (6, 4)
     assert len(dm.train_set) == 6 + len(dm.vis_train)
@@ -158,9 +163,9 @@ def test_paper_detector_config_trains_on_trajectories_with_c1_settings(tmp_path:
     net = build_model("torchvision:googlenet", checkpoint_path=str(ckpt)).eval()
     kw = dict(steps=4, n_log_steps=2, image_size=32, batch_size=64)
     ref = render_trajectories(net, dm.test_units, 1, normalize=([0.5] * 3, [0.5] * 3), **kw)
-    assert torch.equal(dm.vis_test, ref.half().float())
+    assert torch.equal(vis_test, ref.half().float())
     raw = render_trajectories(net, dm.test_units, 1, **kw)
-    assert not torch.equal(dm.vis_test, raw.half().float())
+    assert not torch.equal(vis_test, raw.half().float())
     assert cli.trainer.global_step > 0
 
 
