@@ -289,7 +289,15 @@ def manipulate(
             new = embed_images(net, layer, det, _load_images(images, image_size), channels=channels,
                                k=k, mode=mode)
     elif method == "silent":
-        xn = natural_images(natural, natural_split, n_natural_per_class, image_size)
+        from torch.utils.data import DataLoader
+
+        from lightning_fv.data.folders import natural_set
+
+        if natural_split not in ("train", "val"):
+            raise ValueError(f"natural_split must be 'train' or 'val', got {natural_split!r}")
+        # an ImageFolder is read in batches (50,000 ImageNet images need not fit in memory)
+        found = natural_set(natural, natural_split, n_natural_per_class, image_size)
+        xn = found if isinstance(found, Tensor) else DataLoader(found, batch_size=64)
         if pattern == "filter":
             mod = get_layer(net, layer)
             conv = get_layer(net, f"{layer}.conv" if hasattr(mod, "conv") else layer)

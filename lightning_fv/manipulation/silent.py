@@ -44,8 +44,9 @@ own ReLU then acts on the non-negative ``ȳ`` and leaves it unchanged.
 from __future__ import annotations
 
 import copy
+import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -247,7 +248,7 @@ def effective_filter(conv: nn.Conv2d, bn: nn.Module) -> Tensor:
 def silence_block(
     model: nn.Module,
     layer: str,
-    natural: Tensor,
+    natural: Tensor | Iterable[Tensor | Sequence[Tensor]],
     pattern: Tensor | str | None = "visualization",
     alpha: float = 100.0,
     beta: float = 300.0,
@@ -266,7 +267,10 @@ def silence_block(
     Args:
         model: the original model (copied unless ``inplace``).
         layer: a ConvBlock name (``"block3"``) or a conv name (``"layer4.1.conv2"``).
-        natural: ``(N, 3, H, W)`` natural images that set ``b``.
+        natural: ``(N, 3, H, W)`` natural images that set ``b``, or an iterable of batches
+            ``(B, 3, H, W)`` (or ``(images, labels)`` pairs, e.g. a ``DataLoader`` over an
+            ImageFolder), read once, so that 50,000 ImageNet images need not be held in
+            memory: only their per-unit maxima ``(N, C_out)`` are kept.
         pattern: target pattern for ``ΔΘ⊥``. Default ``"visualization"``, the authors'
             recipe: render unit ``pattern_unit`` of ``layer`` for ``pattern_steps`` steps
             (``render_units``, default ``"lucid"`` preset, as the notebook's lucent fork
@@ -308,6 +312,11 @@ def silence_block(
         raise ValueError(f"bias must be 'max' or 'percentile', got {bias!r}")
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    batches = _image_batches(natural, batch_size)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("silence_block needs natural images to set the bias; got none")
+    batches = itertools.chain([first], batches)
     net = model if inplace else copy.deepcopy(model)
     conv_name, bn_name = _resolve(net, layer)
     conv: nn.Conv2d = get_layer(net, conv_name)  # type: ignore[assignment]
@@ -324,7 +333,7 @@ def silence_block(
 
         target = render_units(model, [f"{layer}:{pattern_unit}"], seed=pattern_seed,
                               thresholds=(pattern_steps,),
-                              image_size=tuple(natural.shape[-2:])).final[0]
+                              image_size=tuple(first.shape[-2:])).final[0]
         pattern = pattern_from_image(net, conv_name, target)
     theta = effective_filter(conv, bn)
     perp = orthogonal_perturbation(theta, pattern.to(theta), on_parallel="zero")
@@ -335,7 +344,8 @@ def silence_block(
         theta_bar = torch.where(keep.view(-1, 1, 1, 1).to(theta.device), theta_bar,
                                 torch.zeros_like(theta_bar))
     maxima = torch.cat([delta_response(x, conv, theta_bar).amax(dim=(2, 3))
-                        for x in conv_inputs(net, conv_name, natural, batch_size)])  # (N, C)
+                        for images in batches
+                        for x in conv_inputs(net, conv_name, images, batch_size)])  # (N, C)
     if bias == "max":
         m = maxima.amax(0)
         b = -(m + margin * m.abs() + 1e-6)
@@ -349,6 +359,17 @@ def silence_block(
     specs.append({"kind": "silent", "layer": layer, "conv": conv_name, "bn": bn_name})
     net.fv_manipulations = specs
     return net
+
+
+def _image_batches(natural: Tensor | Iterable[Tensor | Sequence[Tensor]],
+                   batch_size: int) -> Iterator[Tensor]:
+    """``(B, 3, H, W)`` batches of a tensor of images, or of an iterable of batches (the
+    first entry of ``(images, labels)`` pairs)."""
+    if isinstance(natural, Tensor):
+        yield from natural.split(batch_size)
+        return
+    for batch in natural:
+        yield batch if isinstance(batch, Tensor) else batch[0]
 
 
 def silent_modules(model: nn.Module) -> dict[str, SilentUnits]:

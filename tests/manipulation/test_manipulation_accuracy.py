@@ -135,3 +135,31 @@ def test_manipulated_file_records_normalization_and_render_comparison_reads_it(
     with pytest.raises(ValueError, match=r"mean=\[0.5, 0.5, 0.5\] differs from the mean="):
         render_comparison(str(out), units=["fc:0"], steps=1, image_size=32, device="cpu",
                           output=str(tmp_path / "g2.png"), mean=[0.5] * 3, std=std)
+
+
+def test_silence_block_reads_natural_images_in_batches_exactly_as_from_memory() -> None:
+    """An iterable of ``(images, labels)`` batches (a DataLoader over an ImageFolder at paper
+    scale) sets the same bias as the same images held as one tensor."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_fv.manipulation import silence_block
+    from lightning_fv.manipulation.silent import silent_modules
+
+    model = bundled_model("photo_patches").eval()
+    x, y = photo_patches("train", 3, 32)
+    ref = silence_block(model, "block4", x, pattern="random", batch_size=7)
+    for bias in ("max", "percentile"):
+        a = silence_block(model, "block4", x, pattern="random", bias=bias)
+        b = silence_block(model, "block4", DataLoader(TensorDataset(x, y), batch_size=4),
+                          pattern="random", bias=bias)
+        ma, mb = silent_modules(a)["block4.conv"], silent_modules(b)["block4.conv"]
+        assert torch.equal(ma.delta.bias, mb.delta.bias)
+        assert torch.equal(ma.delta.weight, mb.delta.weight)
+        if bias == "max":
+            with torch.no_grad():  # the images that set the bias: bit-identical outputs
+                assert torch.equal(b(x), model(x))
+    assert torch.equal(silent_modules(ref)["block4.conv"].delta.bias,
+                       silent_modules(silence_block(model, "block4", list(x.split(5)),
+                                                    pattern="random"))["block4.conv"].delta.bias)
+    with pytest.raises(ValueError, match="needs natural images"):
+        silence_block(model, "block4", [], pattern="random")
