@@ -126,21 +126,29 @@ def _load_images(images: list[str], size: int) -> torch.Tensor:
 
 
 def natural_images(natural: str, split: str = "train", n_per_class: int | None = 100,
-                   image_size: int = 64) -> Tensor:
+                   image_size: int = 64, batch_size: int | None = None
+                   ) -> Tensor | Iterable[tuple[Tensor, Tensor]]:
     """Natural images ``(N, 3, image_size, image_size)`` in [0, 1] RGB: an embedded set
     (``"photo_patches"``: ``n_per_class`` patches per class; ``"digits"``: the whole split)
     or the root of an ImageFolder ``root/{train,val}/<class>/*`` (the first ``n_per_class``
     images of each class folder of ``split``, ``None`` for all; resized and centre-cropped).
+    With ``batch_size``, an ImageFolder is not loaded but returned as a ``DataLoader`` of
+    ``(images, classes)`` batches, read lazily (50,000 ImageNet images need not fit in
+    memory); embedded sets are tensors either way.
 
     Raises:
         ValueError: an unknown embedded set that is no folder either, or a bad ``split``.
     """
+    from torch.utils.data import DataLoader
+
     from lightning_fv.data.folders import load_images, natural_set
 
     if split not in ("train", "val"):
         raise ValueError(f"natural_split must be 'train' or 'val', got {split!r}")
     x = natural_set(natural, split, n_per_class, image_size)
-    return x if isinstance(x, Tensor) else load_images(x)[0]
+    if isinstance(x, Tensor):
+        return x
+    return load_images(x)[0] if batch_size is None else DataLoader(x, batch_size=batch_size)
 
 
 def labelled_batches(data: str, split: str = "val", n_per_class: int | None = None,
@@ -263,6 +271,7 @@ def manipulate(
     if eval_data is not None:
         output_file(eval_path, overwrite=overwrite)
     norm = check_mean_std(mean, std)
+    from lightning_fv.adversarial.representation import final_linear
     from lightning_fv.manipulation import (
         compare_predictions,
         embed_images,
@@ -289,15 +298,8 @@ def manipulate(
             new = embed_images(net, layer, det, _load_images(images, image_size), channels=channels,
                                k=k, mode=mode)
     elif method == "silent":
-        from torch.utils.data import DataLoader
-
-        from lightning_fv.data.folders import natural_set
-
-        if natural_split not in ("train", "val"):
-            raise ValueError(f"natural_split must be 'train' or 'val', got {natural_split!r}")
-        # an ImageFolder is read in batches (50,000 ImageNet images need not fit in memory)
-        found = natural_set(natural, natural_split, n_natural_per_class, image_size)
-        xn = found if isinstance(found, Tensor) else DataLoader(found, batch_size=64)
+        xn = natural_images(natural, natural_split, n_natural_per_class, image_size,
+                            batch_size=64)
         if pattern == "filter":
             mod = get_layer(net, layer)
             conv = get_layer(net, f"{layer}.conv" if hasattr(mod, "conv") else layer)
@@ -322,8 +324,10 @@ def manipulate(
         dev = resolve_device(device)
         batches = labelled_batches(eval_data, eval_split, eval_per_class,
                                    eval_image_size or image_size, eval_batch_size)
-        k_out = _num_outputs(original)
-        topk = (1, min(5, k_out)) if k_out else (1,)
+        try:  # top-5 needs the class count: the last nn.Linear's (top-1 only without one)
+            topk: tuple[int, ...] = (1, min(5, final_linear(original)[1].out_features))
+        except ValueError:
+            topk = (1,)
         original, new = original.to(dev), new.to(dev)
         with normalized_input(original, norm), normalized_input(new, norm):
             scores = compare_predictions(original, new, batches, topk=topk, device=dev)
@@ -338,11 +342,6 @@ def manipulate(
                  scores["delta_pp/top1"], 100 * scores["identical_fraction"], eval_path)
     return str(path)
 
-
-def _num_outputs(model: torch.nn.Module) -> int | None:
-    """The number of classes of the model's last ``nn.Linear`` (None if it has none)."""
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return last[-1].out_features if last else None
 
 
 def render_comparison(

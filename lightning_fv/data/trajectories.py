@@ -324,18 +324,23 @@ class TrajectoryDataModule(L.LightningDataModule):
         self.loaded_from_cache = False
         parts = []
         for k, us in enumerate((train_units, test_units)):
-            v = render_trajectories(model, us, self.trajectories_per_unit, self.steps,
-                                    self.n_log_steps, self.image_size,
-                                    None if self.transforms == "none" else "standard",
-                                    self.render_batch_size, seed=0, progress=True,
-                                    normalize=self.normalize, preset=self.preset)
-            parts.append(augment_like_rendering(v, self.augment_fraction, self.split_seed + k))
+            parts.append(self._render(model, us, self.split_seed + k))
         if path is not None:
             save_tensors({"train": parts[0].half(), "test": parts[1].half()}, path,
                          metadata={"settings": json.dumps(settings)})
             log.info("cached visualization trajectories in %s", path)
             # the cache holds float16: use the same precision now as after a reload
         return parts[0].half().float(), parts[1].half().float(), train_units, test_units
+
+    def _render(self, model: nn.Module, units: Sequence[str], augment_seed: int) -> Tensor:
+        """The trajectories of ``units`` ``(U·T·S, 3, H, W)``, ``augment_fraction`` of them
+        passed through the render transforms (seeded by ``augment_seed``)."""
+        v = render_trajectories(model, units, self.trajectories_per_unit, self.steps,
+                                self.n_log_steps, self.image_size,
+                                None if self.transforms == "none" else "standard",
+                                self.render_batch_size, seed=0, progress=True,
+                                normalize=self.normalize, preset=self.preset)
+        return augment_like_rendering(v, self.augment_fraction, augment_seed)
 
     def sharded_visualizations(self, model: nn.Module, train_units: Sequence[str],
                                test_units: Sequence[str], key: str,
@@ -354,14 +359,8 @@ class TrajectoryDataModule(L.LightningDataModule):
             for g, start in enumerate(range(0, len(us), size)):
                 path = folder / f"{name}-{g:05d}.safetensors"
                 if not path.is_file():
-                    v = render_trajectories(model, us[start:start + size],
-                                            self.trajectories_per_unit, self.steps,
-                                            self.n_log_steps, self.image_size,
-                                            None if self.transforms == "none" else "standard",
-                                            self.render_batch_size, seed=0, progress=True,
-                                            normalize=self.normalize, preset=self.preset)
-                    v = augment_like_rendering(v, self.augment_fraction,
-                                               self.split_seed + 1000 * k + g)
+                    v = self._render(model, us[start:start + size],
+                                     self.split_seed + 1000 * k + g)
                     # written under a temporary name first: a killed run leaves no half file
                     tmp = path.with_suffix(".partial")
                     save_tensors({"images": v.half()}, tmp,
