@@ -31,7 +31,8 @@ class PathLinearityCallback(ScheduledCallback):
         module: attribute path of the network inside the LightningModule.
         num_images: ``M``, start images per unit (paper: 20).
         steps: ``N`` optimizer steps (paper: 512).
-        every_n_epochs: run after every n-th validation epoch (0 = only at fit end).
+        every_n_epochs: run after every n-th validation epoch (0 = never; with
+            ``at_fit_end=True``, only at the end of fit).
         at_fit_end: also run at the end of fit.
         max_images: validation images kept per rank to choose start images from.
         seed: transform seed.

@@ -58,7 +58,8 @@ class SanityCheckCallback(ScheduledCallback):
         strides: every n-th (same class, other class, natural-vs-FV) pair (C.3).
         visualizations_per_class: feature visualizations per class unit.
         steps: rendering steps.
-        every_n_epochs: run after every n-th validation epoch (0 = only at fit end).
+        every_n_epochs: run after every n-th validation epoch (0 = never; with
+            ``at_fit_end=True``, only at the end of fit).
         at_fit_end: also run at the end of fit.
         max_images: natural validation images kept per rank.
         min_gap: layers with ``upper − lower < min_gap`` are excluded (C.3: 0.01).
