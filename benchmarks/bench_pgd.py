@@ -1,4 +1,4 @@
-"""PGD-k adversarial training step vs. its floor and vs. torchattacks' PGD.
+"""PGD-k adversarial training step vs. its floor and vs. torchattacks' and captum's PGD.
 
 Measured in one run on the same model, batch and device (median over repeats):
 
@@ -6,13 +6,45 @@ Measured in one run on the same model, batch and device (median over repeats):
   (``torch.autograd.grad`` w.r.t. the images, parameters frozen, eval mode) plus one ordinary
   training step (train-mode forward, cross-entropy, backward, SGD step);
 - ours: :func:`lightning_fv.adversarial.pgd` (k steps, random start) + the same training step;
-- torchattacks: ``torchattacks.PGD`` / ``PGDL2`` (k steps, random start) + the same step.
+- torchattacks: ``torchattacks.PGD`` / ``PGDL2`` (k steps, random start) + the same step;
+- captum: ``captum.robust.PGD(model, loss_func, 0, 1).perturb(x, radius=ε, step_size=α,
+  step_num=k, target=y, random_start=True, norm="Linf")`` + the same step (ℓ∞ only).
 
-Targets (SPEC): ours / floor ≤ 1.15, ours < torchattacks.
+All three attacks use the same ε (8/255 ℓ∞, 0.5 ℓ2), step size α = 2.5·ε/k, k and
+random start, on the same model, batch, device and autocast/memory format.
+
+Targets (SPEC): ours / floor ≤ 1.15, ours faster than torchattacks and captum's
+``robust.PGD``.
+
+Differences of captum 0.9.0's ``robust.PGD`` that bear on the comparison:
+
+- its default loss is ``-log(output)`` at the target (meant for probabilities), so the
+  script passes ``loss_func = cross_entropy(reduction="none")``; captum differentiates
+  the per-sample losses through ``autograd.grad(unbind(loss), x)``, i.e. the gradient of
+  their sum, as ours does (torchattacks takes the mean; the sign step is the same);
+- its FGSM step moves only the pixels whose gradient exceeds ``zero_thresh = 1e-6`` in
+  magnitude (``torch.where(|g| > 1e-6, x + α·sign(g), x)``): pixels with a smaller, non-zero
+  gradient stay put where ours and torchattacks move them. The row's
+  ``captum_small_grad_frac`` is the fraction of such pixels at the clean batch (one
+  extra pass, untimed);
+- it leaves the model's mode alone: the script puts the model in eval mode for the
+  attack (as torchattacks does itself and ours does inside ``pgd``); it does not
+  freeze the parameters (neither does torchattacks; ``autograd.grad`` w.r.t. the input
+  computes no weight gradients either way);
+- random start: uniform in [−ε, ε] per pixel, then clamped to [0, 1], as ours and
+  torchattacks (per sample and per pixel, from the global generator);
+- ℓ2 is not compared: captum 0.9.0's ℓ2 random start draws its per-sample radius as a
+  CPU tensor of shape ``(B,)`` and multiplies it into ``(B, C, H, W)``, broadcasting over
+  the last image dimension, which fails unless ``W == B`` (and on CUDA, mixes devices);
+  ``--norm l2`` skips captum.
 
     python benchmarks/bench_pgd.py                       # CUDA: ResNet-50 224 px, CIFAR ResNet-18
     python benchmarks/bench_pgd.py --bf16 --channels-last
     python benchmarks/bench_pgd.py --device cpu --small  # SmallCNN, 64 px, CPU
+
+Peers: ``torchattacks`` and ``captum`` (0.9.0; ``pip install --no-deps captum``, it
+imports matplotlib, numpy, packaging and tqdm); ``--no-torchattacks`` / ``--no-captum``
+skip one. Output: one JSON line per model as it finishes, then a markdown table.
 """
 
 from __future__ import annotations
@@ -23,6 +55,7 @@ import json
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -60,7 +93,8 @@ def build(name: str) -> tuple[nn.Module, int, int]:
 
 
 def bench(name: str, batch: int, k: int, norm: str, device: str, bf16: bool,
-          channels_last: bool, repeats: int, warmup: int, with_ta: bool) -> dict[str, object]:
+          channels_last: bool, repeats: int, warmup: int, with_ta: bool,
+          with_captum: bool = True) -> dict[str, object]:
     torch.manual_seed(0)
     model, size, classes = build(name)
     model = model.to(device)
@@ -120,6 +154,37 @@ def bench(name: str, batch: int, k: int, norm: str, device: str, bf16: bool,
             fns["torchattacks"] = theirs
         except ImportError:
             print("torchattacks not importable: skipping the torchattacks comparison")
+    small_grad_frac = None
+    if with_captum and norm != "linf":
+        print("captum's robust.PGD is compared for linf only (its L2 random start is broken "
+              "in 0.9.0, see the docstring): skipping captum")
+    elif with_captum:
+        try:
+            from captum.robust import PGD as CaptumPGD
+
+            def ce_per_sample(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                return F.cross_entropy(out.float(), target, reduction="none")
+
+            cap = CaptumPGD(model, ce_per_sample, lower_bound=0.0, upper_bound=1.0)
+
+            def captum_step() -> None:
+                model.eval()  # captum leaves the mode alone; torchattacks and ours use eval
+                with amp, warnings.catch_warnings():
+                    # "Input Tensor 0 did not already require gradients": captum sets it
+                    warnings.simplefilter("ignore", UserWarning)
+                    xa = cap.perturb(x, radius=eps, step_size=step, step_num=k, target=y,
+                                     random_start=True, norm="Linf")
+                train_step(xa)
+
+            fns["captum"] = captum_step
+            # pixels captum's FGSM step leaves in place (|grad| <= zero_thresh) at x, untimed
+            model.eval()
+            xg = x.clone().requires_grad_(True)
+            with amp:
+                (g,) = torch.autograd.grad(ce_per_sample(model(xg), y).sum(), xg)
+            small_grad_frac = (g.abs() <= cap.fgsm.zero_thresh).float().mean().item()
+        except ImportError as err:  # captum's __init__ also imports matplotlib (captum.attr)
+            print(f"captum not importable ({err}): skipping the captum comparison")
 
     def sync() -> None:
         if device.startswith("cuda"):
@@ -145,6 +210,9 @@ def bench(name: str, batch: int, k: int, norm: str, device: str, bf16: bool,
     }
     if "torchattacks" in med:
         row["torchattacks_over_ours"] = round(med["torchattacks"] / med["ours"], 3)
+    if "captum" in med:
+        row["captum_over_ours"] = round(med["captum"] / med["ours"], 3)
+        row["captum_small_grad_frac"] = round(small_grad_frac or 0.0, 4)
     return row
 
 
@@ -161,6 +229,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-torchattacks", action="store_true")
+    ap.add_argument("--no-captum", action="store_true", help="skip captum's robust.PGD")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
     if a.threads:
@@ -173,7 +242,7 @@ def main() -> None:
     for m in models:
         rows.append(bench(m, a.batch or default_batch[m], a.steps, a.norm, a.device, a.bf16,
                           a.channels_last, a.repeats or (5 if a.small else 20), a.warmup,
-                          not a.no_torchattacks))
+                          not a.no_torchattacks, not a.no_captum))
         print(json.dumps(rows[-1]), flush=True)
     dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else platform.processor()
     print(f"\n{datetime.date.today()} · {dev or platform.machine()} · torch {torch.__version__}")

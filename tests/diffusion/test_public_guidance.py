@@ -167,6 +167,39 @@ def test_sample_passes_scale_interval_and_channels_to_the_guidance(latents) -> N
                                atol=1e-12)
 
 
+def test_steps_before_the_guidance_interval_run_the_conditional_half_only(latents) -> None:
+    """Where a step's times all lie before ``cfg_interval_start`` the guided velocity is the
+    conditional one, so the sampler evaluates B latents there instead of 2·B, with the same
+    result as guiding every step."""
+    from lightning_fv.diffusion.pipeline import release_sampler
+    from lightning_fv.diffusion.sampler import sample, time_grid
+
+    z, y = latents
+    m = _Affine()
+    got = sample(m, z, y, num_steps=6, cfg_scale=4.0, cfg_interval_start=0.5)
+    torch.testing.assert_close(got, _euler_reference(z, y, 6, s=4.0, k=3, start=0.5)[0],
+                               rtol=1e-10, atol=1e-12)
+    assert m.batches == [2, 2, 2, 4, 4, 4]  # t = 0, 1/6, 2/6 < 0.5: conditional only
+    # Heun evaluates t_i and t_{i+1}: step 2 (2/6 → 3/6) reaches the interval, so it guides
+    m = _Affine()
+    f = velocity_fn(m, y, 4.0, 0.5)
+    ref, grid = z, time_grid(6)
+    for i in range(6):
+        ref = heun_step(f, ref, grid[i], grid[i + 1])
+    m.batches.clear()
+    got = sample(m, z, y, num_steps=6, cfg_scale=4.0, cfg_interval_start=0.5, method="heun")
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+    assert m.batches == [2, 2, 2, 2] + [4] * 8
+    # the release's sampler: shift 0.3 puts 81 of its 249 steps before t = 0.125
+    cfg = release_sampler()
+    m = _Affine()
+    sample(m, z, y, num_steps=cfg.num_steps, shift=cfg.shift, cfg_scale=cfg.cfg_scale,
+           cfg_interval_start=cfg.cfg_interval_start)
+    ts = time_grid(cfg.num_steps, cfg.shift)
+    assert m.batches.count(2) == int((ts[:-1] < 0.125).sum()) == 81
+    assert m.batches.count(4) == 249 - 81
+
+
 def test_unconditional_sampling_uses_the_null_class_for_every_sample(latents) -> None:
     from lightning_fv.diffusion.sampler import sample
 
