@@ -364,13 +364,19 @@ def sanity_check_groups(
     ood_labels: Tensor | None = None,
     batch_size: int = 64,
     dtype: torch.dtype = torch.float64,
+    max_activation_bytes: int | None = 2 * 1024**3,
 ) -> tuple[dict[str, dict[str, Tensor]], Tensor]:
     """The per-layer part of the sanity check (§3, C.3): the pair values of
     :func:`similarity_groups` for each of ``layers``, and which natural images were kept.
 
     Layers are independent, so a run can be sharded by layer (each process passes its
     share, possibly none) and the gathered groups summarized with :func:`summarize_groups`.
-    Arguments as in :func:`similarity_sanity_check`.
+    Arguments as in :func:`similarity_sanity_check`; ``max_activation_bytes`` bounds the
+    float32 activations held at once (natural, visualization and OOD images together): the
+    layers are recorded in consecutive groups that fit it (a layer larger than the bound
+    alone), one pass over the images per group, instead of all layers in one pass (at
+    ImageNet scale, 500 natural images and 1000 visualizations of ResNet-50's
+    ``conv1``…``fc`` are about 14 GB). ``None``: one pass. The result does not depend on it.
 
     Returns:
         ``({layer: {"upper", "lower", "fv"}}`` on the CPU, ``keep`` ``(N,)`` bool: the
@@ -378,25 +384,57 @@ def sanity_check_groups(
     """
     labels = labels.cpu().long()
     vis_labels = vis_labels.cpu().long()
-    acts = layer_activations(model, natural, list(layers), batch_size, with_output=True)
-    out = acts.pop("__output__")
-    keep = (out.argmax(1).cpu() == labels if exclude_misclassified
-            else torch.ones_like(labels, dtype=torch.bool))
-    if keep.sum() < 2:
-        raise ValueError(f"only {int(keep.sum())} of {labels.numel()} natural images are "
-                         "correctly classified; the check needs at least 2")
-    vacts = layer_activations(model, visualizations, list(layers), batch_size)
-    oacts = (layer_activations(model, ood_natural, list(layers), batch_size)
-             if ood_natural is not None else None)
+    rows = natural.shape[0] + visualizations.shape[0] + (
+        0 if ood_natural is None else ood_natural.shape[0])
+    keep: Tensor | None = None
     groups = {}
-    for name in layers:
-        k = keep.to(acts[name].device)
-        g = similarity_groups(
-            acts[name][k], labels[keep], vacts[name], vis_labels, metric, strides,
-            bound_natural=None if oacts is None else oacts[name],
-            bound_labels=None if ood_labels is None else ood_labels.cpu().long(), dtype=dtype)
-        groups[name] = {key: v.cpu() for key, v in g.items()}
+    for chunk in layer_groups(model, natural, list(layers), rows, max_activation_bytes):
+        acts = layer_activations(model, natural, chunk, batch_size, with_output=keep is None)
+        if keep is None:
+            out = acts.pop(OUTPUT_KEY)
+            keep = (out.argmax(1).cpu() == labels if exclude_misclassified
+                    else torch.ones_like(labels, dtype=torch.bool))
+            if keep.sum() < 2:
+                raise ValueError(f"only {int(keep.sum())} of {labels.numel()} natural images "
+                                 "are correctly classified; the check needs at least 2")
+        vacts = layer_activations(model, visualizations, chunk, batch_size)
+        oacts = (layer_activations(model, ood_natural, chunk, batch_size)
+                 if ood_natural is not None else None)
+        for name in chunk:
+            k = keep.to(acts[name].device)
+            g = similarity_groups(
+                acts[name][k], labels[keep], vacts[name], vis_labels, metric, strides,
+                bound_natural=None if oacts is None else oacts[name],
+                bound_labels=None if ood_labels is None else ood_labels.cpu().long(),
+                dtype=dtype)
+            groups[name] = {key: v.cpu() for key, v in g.items()}
+        del acts, vacts, oacts
+    assert keep is not None
     return groups, keep
+
+
+def layer_groups(model: nn.Module, images: Tensor, layers: list[str], rows: int,
+                 max_bytes: int | None) -> list[list[str]]:
+    """``layers`` split, in order, into consecutive groups whose float32 activations for
+    ``rows`` images total at most ``max_bytes`` (sizes read from one forward pass of
+    ``images[:1]``); a layer larger than ``max_bytes`` is a group of its own. ``None``
+    (or one layer): a single group."""
+    if max_bytes is None or len(layers) <= 1:
+        return [list(layers)]
+    if max_bytes < 1:
+        raise ValueError(f"max_activation_bytes must be positive or None, got {max_bytes}")
+    probe = layer_activations(model, images[:1], layers, 1)
+    out: list[list[str]] = []
+    size = 0
+    for name in layers:
+        need = 4 * probe[name].shape[1] * rows
+        if out and out[-1] and size + need <= max_bytes:
+            out[-1].append(name)
+            size += need
+        else:
+            out.append([name])
+            size = need
+    return out
 
 
 def similarity_sanity_check(

@@ -524,3 +524,43 @@ def test_per_layer_groups_default_to_spearman_on_correctly_classified_images():
     fv = [ss.spearmanr(a[i], v[k])[0] for i, k in visualization_pairs(kl, vl, 1).tolist()]
     assert np.allclose(groups["l2"]["upper"].numpy(), ref, atol=1e-10)
     assert np.allclose(groups["l2"]["fv"].numpy(), fv, atol=1e-10)
+
+
+def test_layers_are_recorded_in_groups_that_fit_the_activation_budget(monkeypatch):
+    """``max_activation_bytes`` packs consecutive layers whose float32 activations for all
+    images fit it (sizes worked by hand), and the pair values do not change."""
+    from lightning_fv.analysis import similarity as sim
+
+    g = torch.Generator().manual_seed(16)
+    model = _Stack()  # l0 … l4: 14, 12, 10, 8, 2 values per image
+    nat = torch.randn(8, 1, 4, 4, generator=g)
+    labels = model(nat).argmax(1)
+    vis, vl = torch.randn(2, 1, 4, 4, generator=g), torch.tensor([0, 1])
+    names = ["l0", "l1", "l2", "l3", "l4"]
+    # 10 images × 4 bytes: 560, 480, 400, 320, 80 bytes
+    assert sim.layer_groups(model, nat, names, 10, 1000) == [["l0"], ["l1", "l2"], ["l3", "l4"]]
+    assert sim.layer_groups(model, nat, names, 10, 1) == [[n] for n in names]
+    assert sim.layer_groups(model, nat, names, 10, None) == [names]
+    assert sim.layer_groups(model, nat, names, 10, 1840) == [names]  # exactly the total
+    with pytest.raises(ValueError, match="max_activation_bytes must be positive"):
+        sim.layer_groups(model, nat, names, 10, 0)
+
+    ref, keep_ref = sim.sanity_check_groups(model, names, nat, labels, vis, vl,
+                                            strides=(1, 1, 1), max_activation_bytes=None)
+    seen: list[list[str]] = []
+    record = sim.layer_activations
+
+    def spy(m, images, layers, *args, **kwargs):
+        if images.shape[0] > 1:  # not the one-image size probe
+            seen.append(list(layers))
+        return record(m, images, layers, *args, **kwargs)
+
+    monkeypatch.setattr(sim, "layer_activations", spy)
+    got, keep = sim.sanity_check_groups(model, names, nat, labels, vis, vl,
+                                        strides=(1, 1, 1), max_activation_bytes=1000)
+    # each group: natural images, then visualizations
+    assert seen == [["l0"], ["l0"], ["l1", "l2"], ["l1", "l2"], ["l3", "l4"], ["l3", "l4"]]
+    assert torch.equal(keep, keep_ref) and list(got) == names
+    for n in names:
+        for key in ("upper", "lower", "fv"):
+            torch.testing.assert_close(got[n][key], ref[n][key], rtol=0, atol=0)
