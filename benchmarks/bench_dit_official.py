@@ -45,12 +45,13 @@ Timing, for each batch (default 8 and 32), same initial noise and labels, ``torc
   (``torch.compiler.set_stance("force_eager")``); ``--no-official-eager`` drops the row;
 - ``ours``: :func:`lightning_fv.diffusion.sample` with the same settings (our ``num_steps`` =
   ``num_sampling_steps - 1``: the release's 250 are grid points, 249 Euler steps, 249 model
-  calls on 2·B latents), eager;
+  calls, on 2·B latents inside the guidance interval and B before it), eager;
 - ``ours_compile`` (``--compile``): ours on ``torch.compile(model)``.
 
 Each row: seconds, images/s, ``speedup`` = images/s ÷ the ``official`` row's (goal ≥ 1.5 for
 ``ours``), ``speedup_eager`` (÷ ``official_eager``), achieved TFLOP/s (``FlopCounterMode`` on one
-2·B call × calls), peak GPU memory (absolute: both models' weights, ~5.4 GB at XL/1, are
+call × calls: 2·B latents on every official call; ours evaluates B on the steps before the
+guidance interval, 81 of 249), peak GPU memory (absolute: both models' weights, ~5.4 GB at XL/1, are
 resident; ``run_mem_gb`` is the peak above what was allocated before the run, including the
 official ``odeint`` trajectory of 250 states of 2·B latents), warm-up seconds, and the max |diff|
 of the final latents against the official row's (``max_diff``, and ``rel_diff`` = that ÷
@@ -108,12 +109,14 @@ from typing import Any
 import torch
 import yaml
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_fv.diffusion.model import LightningDiT, load_lightningdit_state_dict
 from lightning_fv.diffusion.pipeline import release_sampler
 from lightning_fv.diffusion.sampler import guided_velocity, sample
 from lightning_fv.utils.device import synchronize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_dit_sampling import flops_per_call, model_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL_DIR = ROOT / ".carry" / "LightningDiT"
@@ -309,16 +312,6 @@ def timed(fn: Callable[[], Tensor], dev: torch.device) -> tuple[Tensor, float, f
     return out, secs, round(peak / 2**30, 2), round((peak - base) / 2**30, 2)
 
 
-def flops_per_call(model: LightningDiT, batch: int, dev: torch.device) -> int:
-    s = model.input_size
-    x = torch.randn(batch, model.in_channels, s, s, device=dev)
-    t = torch.rand(batch, device=dev)
-    y = torch.zeros(batch, dtype=torch.long, device=dev)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(x, t, y)
-    return int(fc.get_total_flops())
-
-
 def bench_batch(batch: int, official: nn.Module, ours: LightningDiT, compiled: nn.Module | None,
                 mods: types.ModuleType, cfg: dict[str, Any], args: argparse.Namespace,
                 dev: torch.device) -> list[dict[str, Any]]:
@@ -331,7 +324,11 @@ def bench_batch(batch: int, official: nn.Module, ours: LightningDiT, compiled: n
     shift = args.shift if args.shift > 0 else None
     guided = args.cfg_scale > 1.0
     calls = n - 1
-    flops = calls * flops_per_call(ours, 2 * batch if guided else batch, dev)
+    # the official model sees 2·B latents on every call; ours only inside the interval
+    official_flops = calls * flops_per_call(ours, 2 * batch if guided else batch, dev)
+    with_cfg, without = model_calls(calls, args.cfg_start, shift) if guided else (0, calls)
+    ours_flops = (with_cfg * flops_per_call(ours, 2 * batch, dev)
+                  + without * flops_per_call(ours, batch, dev))
     full_fn = official_sample_fn(mods, cfg, n)
     warm_fn = official_sample_fn(mods, cfg, args.warmup_steps + 1)
     autocast = torch.autocast(dev.type, dtype=args.torch_dtype,
@@ -383,7 +380,8 @@ def bench_batch(batch: int, official: nn.Module, ours: LightningDiT, compiled: n
                 speedup=round(ips / base["official"], 3),
                 speedup_eager=round(ips / base["official_eager"], 3)
                 if "official_eager" in base else None,
-                tflops=round(flops / secs / 1e12, 2), peak_mem_gb=peak, run_mem_gb=run_mem,
+                tflops=round((ours_flops if name.startswith("ours") else official_flops)
+                             / secs / 1e12, 2), peak_mem_gb=peak, run_mem_gb=run_mem,
                 warmup_s=round(warm_s, 1), max_diff=float(f"{diff:.3g}"),
                 rel_diff=float(f"{diff / max(ref.abs().max().item(), 1e-30):.3g}"),
                 max_diff_eager=None if ref_eager is None

@@ -28,8 +28,9 @@ from lightning_fv.diffusion.sampler import sample, time_grid
 from lightning_fv.utils.device import synchronize
 
 
-def _model_calls(steps: int, cfg_interval_start: float, shift: float | None) -> tuple[int, int]:
-    """(calls with guidance, calls without) over an Euler run."""
+def model_calls(steps: int, cfg_interval_start: float, shift: float | None) -> tuple[int, int]:
+    """(calls with guidance, calls without) over an Euler run: ``sample`` evaluates 2·B
+    latents on the first kind, B on the second."""
     ts = time_grid(steps, shift)[:-1]
     guided = int((ts >= cfg_interval_start).sum())
     return guided, steps - guided
@@ -63,7 +64,7 @@ def run(model, compiled, batch, args, dev, dtype):
         sample(net, z, y, num_steps=args.steps, enable_grad=False, **kw)
         synchronize(dev)
         secs = time.perf_counter() - t0
-    guided, plain = _model_calls(args.steps, args.cfg_start, args.shift)
+    guided, plain = model_calls(args.steps, args.cfg_start, args.shift)
     if args.cfg_scale <= 1:
         guided, plain = 0, args.steps
     flops = guided * flops_per_call(model, 2 * batch, dev) + plain * flops_per_call(
