@@ -221,7 +221,7 @@ def sample(
     # guidance interval the guided velocity *is* the conditional one: those steps evaluate
     # the conditional half only (the release's shift 0.3 and start 0.125 put 81 of its 249
     # steps there). The grid is read on the host, so choosing costs no device sync.
-    plain = velocity_fn(model, y) if cfg_scale > 1.0 and cfg_interval_start > 0 else guided
+    plain = velocity_fn(model, y)
     ts_host = time_grid(num_steps, shift)
     ts = ts_host.to(z.device)
     last = 1 if method == "euler" else 2  # the times a step evaluates: t_i (and t_{i+1})

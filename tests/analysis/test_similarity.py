@@ -542,6 +542,7 @@ def test_layers_are_recorded_in_groups_that_fit_the_activation_budget(monkeypatc
     assert sim.layer_groups(model, nat, names, 10, 1) == [[n] for n in names]
     assert sim.layer_groups(model, nat, names, 10, None) == [names]
     assert sim.layer_groups(model, nat, names, 10, 1840) == [names]  # exactly the total
+    assert sim.layer_groups(model, nat, names[:2], 10, 1) == [["l0"], ["l1"]]  # two split
     with pytest.raises(ValueError, match="max_activation_bytes must be positive"):
         sim.layer_groups(model, nat, names, 10, 0)
 
@@ -564,3 +565,29 @@ def test_layers_are_recorded_in_groups_that_fit_the_activation_budget(monkeypatc
     for n in names:
         for key in ("upper", "lower", "fv"):
             torch.testing.assert_close(got[n][key], ref[n][key], rtol=0, atol=0)
+
+
+def test_the_activation_budget_counts_the_ood_images_too(monkeypatch):
+    """8 natural + 2 visualizations + 4 OOD images = 14 rows: 784, 672, 560, 448, 112 bytes
+    for l0 … l4, so a budget of 1456 groups [l0, l1], [l2, l3, l4] (without the OOD rows it
+    would be [l0, l1, l2], [l3, l4])."""
+    from lightning_fv.analysis import similarity as sim
+
+    g = torch.Generator().manual_seed(17)
+    model = _Stack()
+    nat, ood = torch.randn(8, 1, 4, 4, generator=g), torch.randn(4, 1, 4, 4, generator=g)
+    labels, ood_labels = model(nat).argmax(1), model(ood).argmax(1)
+    vis, vl = torch.randn(2, 1, 4, 4, generator=g), torch.tensor([0, 1])
+    names = ["l0", "l1", "l2", "l3", "l4"]
+    seen: list[list[str]] = []
+    record = sim.layer_activations
+
+    def spy(m, images, layers, *args, **kwargs):
+        if images.shape[0] == 8:  # the natural images' pass of each group
+            seen.append(list(layers))
+        return record(m, images, layers, *args, **kwargs)
+
+    monkeypatch.setattr(sim, "layer_activations", spy)
+    sim.sanity_check_groups(model, names, nat, labels, vis, vl, strides=(1, 1, 1),
+                            ood_natural=ood, ood_labels=ood_labels, max_activation_bytes=1456)
+    assert seen == [["l0", "l1"], ["l2", "l3", "l4"]]

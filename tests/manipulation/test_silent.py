@@ -502,3 +502,22 @@ def test_a_one_step_rendered_pattern_is_allowed(net: SmallCNN) -> None:
     assert isinstance(silent.block3.conv, SilentUnits)
     with pytest.raises(ValueError, match="pattern_steps must be >= 1"):
         silence_block(net, "block3", _data(4, 1), pattern_steps=0)
+
+
+def test_natural_images_as_batches_set_the_same_bias_as_one_tensor(net: SmallCNN) -> None:
+    """An iterable of ``(images, labels)`` batches (a DataLoader) or of image tensors gives
+    bit-identical silent units to the images held as one tensor; none at all is refused."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    natural = _data(9, 3)
+    labels = torch.arange(9)
+    pattern = torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(8))
+    for bias in ("max", "percentile"):
+        ref = silence_block(net, "block2", natural, pattern=pattern, bias=bias)
+        for images in (DataLoader(TensorDataset(natural, labels), batch_size=4),
+                       list(natural.split(2))):
+            got = silence_block(net, "block2", images, pattern=pattern, bias=bias)
+            assert torch.equal(got.block2.conv.delta.bias, ref.block2.conv.delta.bias)
+            assert torch.equal(got.block2.conv.delta.weight, ref.block2.conv.delta.weight)
+    with pytest.raises(ValueError, match="needs natural images"):
+        silence_block(net, "block2", [], pattern=pattern)
