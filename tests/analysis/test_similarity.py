@@ -561,6 +561,10 @@ def test_layers_are_recorded_in_groups_that_fit_the_activation_budget(monkeypatc
                                         strides=(1, 1, 1), max_activation_bytes=1000)
     # each group: natural images, then visualizations
     assert seen == [["l0"], ["l0"], ["l1", "l2"], ["l1", "l2"], ["l3", "l4"], ["l3", "l4"]]
+    seen.clear()  # 1440 bytes = l0 + l1 + l2 for exactly 10 rows (11 would split after l1)
+    sim.sanity_check_groups(model, names, nat, labels, vis, vl, strides=(1, 1, 1),
+                            max_activation_bytes=1440)
+    assert seen == [["l0", "l1", "l2"]] * 2 + [["l3", "l4"]] * 2
     assert torch.equal(keep, keep_ref) and list(got) == names
     for n in names:
         for key in ("upper", "lower", "fv"):
@@ -568,14 +572,14 @@ def test_layers_are_recorded_in_groups_that_fit_the_activation_budget(monkeypatc
 
 
 def test_the_activation_budget_counts_the_ood_images_too(monkeypatch):
-    """8 natural + 2 visualizations + 4 OOD images = 14 rows: 784, 672, 560, 448, 112 bytes
-    for l0 … l4, so a budget of 1456 groups [l0, l1], [l2, l3, l4] (without the OOD rows it
-    would be [l0, l1, l2], [l3, l4])."""
+    """8 natural + 2 visualizations + 6 OOD images = 16 rows: 896, 768, 640, 512, 128 bytes
+    for l0 … l4, so a budget of 1664 groups [l0, l1], [l2, l3, l4] (10, 11 or 17 rows would
+    group [l0, l1, l2], [l3, l4] or [l0], [l1, l2], [l3, l4])."""
     from lightning_fv.analysis import similarity as sim
 
     g = torch.Generator().manual_seed(17)
     model = _Stack()
-    nat, ood = torch.randn(8, 1, 4, 4, generator=g), torch.randn(4, 1, 4, 4, generator=g)
+    nat, ood = torch.randn(8, 1, 4, 4, generator=g), torch.randn(6, 1, 4, 4, generator=g)
     labels, ood_labels = model(nat).argmax(1), model(ood).argmax(1)
     vis, vl = torch.randn(2, 1, 4, 4, generator=g), torch.tensor([0, 1])
     names = ["l0", "l1", "l2", "l3", "l4"]
@@ -589,5 +593,5 @@ def test_the_activation_budget_counts_the_ood_images_too(monkeypatch):
 
     monkeypatch.setattr(sim, "layer_activations", spy)
     sim.sanity_check_groups(model, names, nat, labels, vis, vl, strides=(1, 1, 1),
-                            ood_natural=ood, ood_labels=ood_labels, max_activation_bytes=1456)
+                            ood_natural=ood, ood_labels=ood_labels, max_activation_bytes=1664)
     assert seen == [["l0", "l1"], ["l2", "l3", "l4"]]
