@@ -16,6 +16,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -358,8 +359,10 @@ def test_documented_commands_run_at_a_reduced_size(tmp_path) -> None:
             ckpt = cwd / "outputs" / "robust_photo_patches" / "checkpoints" / "last.ckpt"
             assert ckpt.is_file()
             assert not (cwd / "config.yaml").exists()
+        t0 = time.monotonic()
         out = _run(command, COVERAGE[command], cwd, timeout=600,  # type: ignore[arg-type]
                    zygote=zygote)
+        print(f"{time.monotonic() - t0:6.1f} s  {command}")  # pytest -s: where the time goes
         if command.startswith("lightning-fv render "):
             assert "wrote " in out and "units.safetensors" in out
     zygote.close()
