@@ -58,6 +58,8 @@ WIDE_CHECK = ("python scripts/sanity_check_miniature.py --per-class 3 --steps 12
               "--preset lucent --checks spearman,ood_shifted --save-renders --checkpoint "
               "outputs/sanity_sweep/wide_cnn/small_cnn_photo_patches_w64-128-192-256.safetensors "
               "--out outputs/sanity_sweep/wide_steps128_per3")
+#: one epoch on 40 patches per class (train_bundled.py, photo patches)
+SHORT_TRAIN = ["--epochs", "1", "--n-train-per-class", "40"]
 #: a command → extra arguments that only shrink it (run in `make test`), SLOW, or a reason
 #: it is not run here (a string starting with "not run:").
 COVERAGE: dict[str, list[str] | str] = {
@@ -92,9 +94,9 @@ COVERAGE: dict[str, list[str] | str] = {
     "make miniature-robust": MAKE_WRAPPER,
     "make miniature-invariant": MAKE_WRAPPER,
     "make miniatures": "not run: the five miniature-* targets above, each run on its own",
-    "python scripts/train_bundled.py --dataset photo_patches": ["--epochs", "1"],
+    "python scripts/train_bundled.py --dataset photo_patches": SHORT_TRAIN,
     "python scripts/train_bundled.py --dataset digits": ["--epochs", "1"],
-    "python scripts/train_bundled.py --dataset photo_patches --arch vit": ["--epochs", "1"],
+    "python scripts/train_bundled.py --dataset photo_patches --arch vit": SHORT_TRAIN,
     "make clean": [],
     "make clean-outputs": [],
     "make test-slow": "not run: the slow tests alone (they are part of make test)",
@@ -188,7 +190,7 @@ COVERAGE: dict[str, list[str] | str] = {
         TINY_SANITY_MINI,
     "python scripts/sanity_check_miniature.py --per-class 10 --steps 512 --n-val 30 --preset "
     "lucent --checks spearman --out outputs/sanity_sweep/steps512_per10": TINY_SANITY_MINI,
-    WIDE_TRAIN: ["--epochs", "1"],
+    WIDE_TRAIN: SHORT_TRAIN,
     WIDE_CHECK: TINY_SANITY_MINI,
     "lightning-fv fit --config examples/configs/imagefolder_resnet.yaml":
         "not run: a template whose root/classes the user adapts to their image folder",
