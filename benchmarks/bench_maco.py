@@ -90,7 +90,10 @@ from lightning_fv.optvis.objectives import INPUT, OUTPUT, Objective, units_objec
 from lightning_fv.utils.device import resolve_device, synchronize
 from lightning_fv.utils.rng import make_generator
 
-WARMUP = 3
+WARMUP = 3  # bench_render.per_pass's default warm-up calls
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_render import per_pass  # noqa: E402
 
 
 def load_horama_maco() -> types.ModuleType:
@@ -119,19 +122,6 @@ def horama_objective(model: nn.Module, unit: str, crops: int
             return obj(acts).mean()
 
     return fn
-
-
-def per_pass(fn: Callable[[], object], timed: int, device: torch.device,
-             warmup: int = WARMUP) -> float:
-    """Seconds per call of ``fn`` over ``timed`` calls, after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(timed):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - t0) / timed
 
 
 def once(fn: Callable[[], object], device: torch.device) -> float:
